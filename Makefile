@@ -1,0 +1,30 @@
+# make demo: install into .venv, then the main job on the embedded default config.
+# make test: install into .venv, then the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/demo
+
+.PHONY: install demo test bench-scann clean
+
+$(STAMP): requirements.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m vsr_jax.main --config=configs/synthetic.py --workdir=$(WORKDIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+bench-scann: $(STAMP)
+	$(PY) experiments/scann_benchmark.py
+
+clean:
+	rm -rf runs

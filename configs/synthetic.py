@@ -1,0 +1,48 @@
+"""The embedded synthetic VCMR benchmark (no download).
+
+  --config=configs/synthetic.py           the default: the README's main command
+  --config=configs/synthetic.py:smoke     seconds, for tests
+  --config=configs/synthetic.py:fine_engine   the knob's other end: the engine keeps every
+                                              fine-grained token of its training captions
+"""
+
+from vsr_jax import config_lib, defaults
+
+PRESETS = ("default", "smoke", "fine_engine")
+
+
+def get_config(arg=None):
+  preset = config_lib.check_preset(arg, PRESETS, __file__)
+  config = defaults.base_config()
+  if preset == "fine_engine":
+    config.engine.train.fine_keep = 1.0
+  if preset == "smoke":
+    s = config.data.synthetic
+    s.train_videos, s.val_videos, s.test_videos = 96, 0, 64
+    s.family_min, s.family_max = 3, 4
+    s.chunk_videos = 32
+    config.data.max_frames = 32
+    s.min_frames = 12
+    s.max_events = 3
+    config.data.feature_dim = 32
+    s.render_dim = 32
+    s.attr_dim = 16
+    config.engine.embed_dim = 32
+    config.engine.text.width = 32
+    config.engine.text.mlp_dim = 64
+    config.engine.text.depth = 1
+    config.engine.text.num_slots = 4
+    config.engine.video.hidden = 32
+    config.engine.video.depth = 1
+    config.engine.train.steps = 30
+    config.engine.train.batch_size = 16
+    config.engine.train.warmup_steps = 5
+    config.engine.train.mine_every = 15
+    config.engine.train.mine_top_k = 4
+    config.engine.train.pool_videos = 64
+    config.eval.batch_size = 32
+    config.eval.tvr_top_k = 10
+    config.index.scann.training_sample_size = 64
+    config.log.every_steps = 10
+    config.checkpoint.every_steps = 15
+  return config

@@ -1,0 +1,88 @@
+"""Tests for vsr_jax.defaults.validate: bad values are reported naming the field."""
+import os
+
+import pytest
+
+from vsr_jax import config_lib, defaults
+from vsr_jax.config_lib import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTHETIC = os.path.join(REPO, "configs", "synthetic.py")
+PRESETS = ("default", "smoke", "fine_engine")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_validate(preset):
+    defaults.validate(config_lib.load(f"{SYNTHETIC}:{preset}"))
+
+
+def test_base_config_validates():
+    defaults.validate(defaults.base_config())
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"data.synthetic.family_min": "1"}, "data.synthetic.family_min"),
+    ({"data.synthetic.family_min": "5"}, "data.synthetic.family_min"),    # > family_max (4)
+    ({"engine.train.fine_keep": "1.5"}, "engine.train.fine_keep"),
+    ({"engine.train.fine_keep": "-0.1"}, "engine.train.fine_keep"),
+    ({"index.backend": "faiss"}, "index.backend"),
+    ({"engine.text.width": "30"}, "engine.text.width"),                  # heads = 4
+    ({"data.source": "files"}, "data.dir"),                              # files need a dir
+    ({"data.source": "hdf5"}, "data.source"),
+    ({"data.synthetic.max_events": "20"}, "data.max_frames"),            # 20 * 4 - 1 > 32
+    ({"data.synthetic.min_events": "4"}, "data.synthetic.min_events"),   # > max_events (3)
+    ({"data.synthetic.max_queries": "3"}, "data.synthetic.max_queries"), # > min_events (2)
+    ({"data.synthetic.train_videos": "3"}, "data.synthetic.train_videos"),
+    ({"data.synthetic.min_frames": "33"}, "data.synthetic.min_frames"),
+    ({"engine.train.temperature": "0"}, "engine.train.temperature"),
+    ({"engine.train.hard_negatives": "5"}, "engine.train.hard_negatives"),  # > mine_top_k (4)
+    ({"eval.grounding": "oracle"}, "eval.grounding"),
+    ({"mesh.data": "0"}, "mesh.data"),
+    ({"data.fps": "0"}, "data.fps"),
+])
+def test_bad_values_name_the_field(overrides, field):
+    config = config_lib.load(SYNTHETIC + ":smoke", overrides)
+    with pytest.raises(ConfigError) as e:
+        defaults.validate(config)
+    assert str(e.value).startswith(f"config.{field}="), str(e.value)
+
+
+def test_message_shows_the_value():
+    config = config_lib.load(SYNTHETIC + ":smoke", {"index.backend": "faiss"})
+    with pytest.raises(ConfigError, match=r"config\.index\.backend='faiss': expected"):
+        defaults.validate(config)
+
+
+def test_files_source_with_dir_validates():
+    defaults.validate(config_lib.load(SYNTHETIC + ":smoke", {
+        "data.source": "files", "data.dir": "/x", "engine.train.source": "train"}))
+
+
+def test_files_source_cannot_stream():
+    with pytest.raises(ConfigError, match="engine.train.source"):
+        defaults.validate(config_lib.load(SYNTHETIC + ":smoke", {
+            "data.source": "files", "data.dir": "/x"}))
+
+
+def test_mesh_all_devices_validates():
+    defaults.validate(config_lib.load(SYNTHETIC + ":smoke", {"mesh.data": "-1"}))
+
+
+def test_zero_heads_is_a_config_error():
+    config = config_lib.load(SYNTHETIC + ":smoke", {"engine.text.heads": "0"})
+    with pytest.raises(ConfigError, match="engine.text.heads"):
+        defaults.validate(config)
+
+
+def test_zero_chunk_videos_is_a_config_error():
+    config = config_lib.load(SYNTHETIC + ":smoke", {"data.synthetic.chunk_videos": "0"})
+    with pytest.raises(ConfigError, match="data.synthetic.chunk_videos"):
+        defaults.validate(config)
+
+
+@pytest.mark.parametrize("field, value", [("data.synthetic.coarse_values", "(1, 16, 16)"),
+                                          ("data.synthetic.fine_values", "(8, 8)")])
+def test_value_counts_are_validated(field, value):
+    config = config_lib.load(SYNTHETIC + ":smoke", {field: value})
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        defaults.validate(config)

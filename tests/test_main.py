@@ -1,0 +1,68 @@
+"""The command line: bad configs and workdirs end with one clear error line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args, cwd=REPO):
+  proc = subprocess.run([sys.executable, "-m", "vsr_jax.main", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=120)
+  return proc.returncode, proc.stderr
+
+
+def test_unknown_preset(tmp_path):
+  code, err = cli("--config=configs/synthetic.py:smokee", f"--workdir={tmp_path}")
+  assert code != 0
+  assert "unknown preset 'smokee'" in err and "did you mean 'smoke'" in err
+  assert "Traceback" not in err
+
+
+def test_misspelt_field(tmp_path):
+  code, err = cli("--config=configs/synthetic.py:smoke", "--config.engine.train.step=3",
+                  f"--workdir={tmp_path}")
+  assert code != 0
+  assert "no field 'step'" in err and "--config.engine.train.steps" in err
+
+
+def test_bad_value_type(tmp_path):
+  code, err = cli("--config=configs/synthetic.py:smoke", "--config.engine.train.steps=many",
+                  f"--workdir={tmp_path}")
+  assert code != 0 and "expected a int" in err
+
+
+def test_invalid_value_named(tmp_path):
+  code, err = cli("--config=configs/synthetic.py:smoke", "--config.engine.train.fine_keep=2.0",
+                  f"--workdir={tmp_path}")
+  assert code != 0 and "config.engine.train.fine_keep=2.0: expected in [0, 1]" in err
+
+
+def test_missing_config_file(tmp_path):
+  code, err = cli("--config=configs/nope.py", f"--workdir={tmp_path}")
+  assert code != 0 and "configs/nope.py" in err and "does not exist" in err
+
+
+def test_workdir_of_another_run(tmp_path):
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(json.dumps({"seed": 1}))
+  code, err = cli("--config=configs/synthetic.py:smoke", f"--workdir={workdir}")
+  assert code != 0 and "holds a run of a different config" in err
+
+
+def test_eval_of_an_empty_workdir(tmp_path):
+  code, err = cli("--config=configs/synthetic.py:smoke", f"--workdir={tmp_path / 'none'}",
+                  "--mode=eval")
+  assert code != 0 and "has no config.json" in err
+  assert not (tmp_path / "none").exists()
+
+
+def test_corrupt_config_json(tmp_path):
+  (tmp_path / "config.json").write_text('{"seed": ')
+  code, err = cli("--config=configs/synthetic.py:smoke", f"--workdir={tmp_path}")
+  assert code != 0 and "config.json: corrupt JSON" in err

@@ -1,0 +1,240 @@
+"""Tests for vsr_jax.workdir: config.json checks, checkpoints, publishing outputs."""
+import gc
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vsr_jax import config_lib, workdir
+from vsr_jax.workdir import WorkdirError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "configs", "synthetic.py") + ":smoke"
+
+# Orbax leaves an un-awaited read coroutine behind when a restore fails on a shape mismatch.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def smoke(**overrides):
+    return config_lib.load(SMOKE, {k: str(v) for k, v in overrides.items()})
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def test_prepare_writes_config_json(tmp_path):
+    wd = str(tmp_path / "run")
+    config = smoke()
+    workdir.prepare(config, wd, mode="train")
+    with open(os.path.join(wd, "config.json")) as f:
+        assert json.load(f) == config_lib.to_dict(config)
+    assert os.listdir(wd) == ["config.json"]               # no temporary file left
+    workdir.prepare(smoke(), wd, mode="train")            # same config: fine
+    workdir.prepare(smoke(), wd, mode="eval")
+
+
+@pytest.mark.parametrize("field, value", [("seed", 1), ("data.synthetic.noise", 0.1),
+                                          ("engine.train.fine_keep", 0.9)])
+def test_prepare_rejects_a_different_config(tmp_path, field, value):
+    wd = str(tmp_path)
+    workdir.prepare(smoke(), wd, mode="train")
+    for mode in ("train", "eval"):
+        with pytest.raises(WorkdirError) as e:
+            workdir.prepare(smoke(**{field: value}), wd, mode=mode)
+        assert f": {field} differ from {os.path.join(wd, 'config.json')}" in str(e.value)
+
+
+def test_prepare_names_only_the_fixed_fields(tmp_path):
+    workdir.prepare(smoke(), str(tmp_path), mode="train")
+    with pytest.raises(WorkdirError) as e:
+        workdir.prepare(smoke(**{"seed": 2, "eval.batch_size": 8}), str(tmp_path), mode="train")
+    assert ": seed differ" in str(e.value)
+    assert "eval.batch_size" not in str(e.value)
+
+
+def test_prepare_allows_mutable_sections(tmp_path):
+    wd = str(tmp_path)
+    config = smoke()
+    workdir.prepare(config, wd, mode="train")
+    changed = smoke(**{"eval.batch_size": 8, "index.backend": "scann", "log.every_steps": 3,
+                       "mesh.data": 2, "checkpoint.max_to_keep": 5})
+    workdir.prepare(changed, wd, mode="eval")
+    workdir.prepare(changed, wd, mode="train")
+    with open(os.path.join(wd, "config.json")) as f:     # the original stays the reference
+        assert json.load(f) == config_lib.to_dict(config)
+
+
+def test_prepare_eval_without_config(tmp_path):
+    with pytest.raises(WorkdirError, match="has no config.json"):
+        workdir.prepare(smoke(), str(tmp_path / "never_trained"), mode="eval")
+
+
+def test_prepare_corrupt_config_json(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"seed": 0, "data": {')
+    with pytest.raises(WorkdirError) as e:
+        workdir.prepare(smoke(), str(tmp_path), mode="train")
+    assert str(path) in str(e.value) and "corrupt JSON" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+STATE = {"params": {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.array([1, -2, 3], jnp.int32)},
+         "step": jnp.array(7, jnp.int32)}
+DESCRIPTION = {"stage": "engine", "config": {"seed": 0, "engine": {"embed_dim": 32}}}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("ckpt"))
+    ck = workdir.Checkpoints(wd, "engine", max_to_keep=2)
+    assert ck.latest_step() is None
+    ck.save(5, STATE, DESCRIPTION, extra={"pool": np.arange(4, dtype=np.int64)})
+    yield wd, ck
+    ck.close()
+    gc.collect()      # collect Orbax's abandoned read coroutines here, under this module's filter
+
+
+def test_checkpoint_round_trip(saved):
+    wd, ck = saved
+    assert ck.latest_step() == 5
+    assert os.path.isdir(os.path.join(wd, "checkpoints", "engine", "5"))
+    assert ck.description(5) == DESCRIPTION
+    abstract = jax.tree.map(jnp.zeros_like, STATE)
+    state = ck.restore(5, abstract, DESCRIPTION)
+    assert jax.tree.structure(state) == jax.tree.structure(STATE)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(STATE)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ck.restore_extra(5)["pool"], np.arange(4))
+
+
+def test_checkpoint_survives_a_new_manager(saved):
+    wd, _ = saved
+    ck = workdir.Checkpoints(wd, "engine")
+    try:
+        assert ck.latest_step() == 5
+        state = ck.restore(5, STATE, DESCRIPTION)
+        np.testing.assert_array_equal(state["params"]["w"], STATE["params"]["w"])
+    finally:
+        ck.close()
+
+
+def test_restore_with_a_different_description(saved):
+    _, ck = saved
+    other = {"stage": "engine", "config": {"seed": 1, "engine": {"embed_dim": 64}}}
+    with pytest.raises(WorkdirError) as e:
+        ck.restore(5, STATE, other)
+    assert "config.engine.embed_dim, config.seed differ" in str(e.value)
+    with pytest.raises(WorkdirError, match="extra differ"):
+        ck.restore(5, STATE, dict(DESCRIPTION, extra=1))
+
+
+def test_restore_into_a_different_shape(saved):
+    _, ck = saved
+    bigger = {"params": {"w": jnp.zeros((3, 3)), "b": STATE["params"]["b"]},
+              "step": STATE["step"]}
+    with pytest.raises(WorkdirError, match="does not fit this run's engine state"):
+        ck.restore(5, bigger, DESCRIPTION)
+    missing = {"params": {"w": STATE["params"]["w"]}, "step": STATE["step"]}
+    with pytest.raises(WorkdirError, match="does not fit this run's engine state"):
+        ck.restore(5, missing, DESCRIPTION)
+
+
+def test_missing_step_is_a_workdir_error(saved):
+    _, ck = saved
+    with pytest.raises(WorkdirError, match="unreadable or incomplete"):
+        ck.description(99)
+    assert ck.restore_extra(99) == {}
+
+
+# ----------------------------------------------------------------------------- publish
+
+
+def make_staging(wd):
+    staging = workdir.staging_dir(wd)
+    with open(os.path.join(staging, "metrics.json"), "w") as f:
+        json.dump({"r1": 0.5}, f)
+    with open(os.path.join(staging, "tvr_submission.json"), "w") as f:
+        f.write("new")
+    os.makedirs(os.path.join(staging, "predictions"))
+    with open(os.path.join(staging, "predictions", "row.jsonl"), "w") as f:
+        f.write("new")
+    return staging
+
+
+def old_outputs(wd):
+    with open(os.path.join(wd, "metrics.json"), "w") as f:
+        json.dump({"r1": 0.1}, f)
+    with open(os.path.join(wd, "tvr_submission.json"), "w") as f:
+        f.write("old")
+    os.makedirs(os.path.join(wd, "predictions"))
+    with open(os.path.join(wd, "predictions", "stale.jsonl"), "w") as f:
+        f.write("old")
+
+
+def test_staging_dir_is_fresh(tmp_path):
+    staging = make_staging(str(tmp_path))
+    assert staging == os.path.join(str(tmp_path), ".staging")
+    assert workdir.staging_dir(str(tmp_path)) == staging
+    assert os.listdir(staging) == []
+
+
+def test_publish_moves_outputs_metrics_last(tmp_path, monkeypatch):
+    wd = str(tmp_path)
+    old_outputs(wd)
+    staging = make_staging(wd)
+    events = []
+    real_replace, real_remove = os.replace, os.remove
+    monkeypatch.setattr(os, "replace",
+                        lambda a, b: (events.append(("replace", os.path.basename(b))),
+                                      real_replace(a, b))[1])
+    monkeypatch.setattr(os, "remove",
+                        lambda p: (events.append(("remove", os.path.basename(p))),
+                                   real_remove(p))[1])
+    workdir.publish(wd, staging)
+    assert events[0] == ("remove", "metrics.json")
+    assert events[-1] == ("replace", "metrics.json")
+    assert sorted(events[1:-1]) == [("replace", "predictions"),
+                                    ("replace", "tvr_submission.json")]
+    assert not os.path.exists(staging)
+    with open(os.path.join(wd, "metrics.json")) as f:
+        assert json.load(f) == {"r1": 0.5}
+    assert open(os.path.join(wd, "tvr_submission.json")).read() == "new"
+    assert os.listdir(os.path.join(wd, "predictions")) == ["row.jsonl"]   # old dir replaced
+
+
+def test_crash_during_publish_leaves_no_metrics(tmp_path, monkeypatch):
+    wd = str(tmp_path)
+    old_outputs(wd)
+    staging = make_staging(wd)
+    real_replace = os.replace
+
+    def failing_replace(a, b):
+        if os.path.basename(b) == "tvr_submission.json":
+            raise OSError("crash (simulated)")
+        return real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="simulated"):
+        workdir.publish(wd, staging)
+    # The stale metrics.json is gone: a mix of old and new outputs is never taken as complete.
+    assert not os.path.exists(os.path.join(wd, "metrics.json"))
+
+
+def test_publish_into_an_empty_workdir(tmp_path):
+    wd = str(tmp_path)
+    staging = make_staging(wd)
+    workdir.publish(wd, staging)
+    assert sorted(os.listdir(wd)) == ["metrics.json", "predictions", "tvr_submission.json"]
+
+
+def test_write_json_is_atomic(tmp_path):
+    path = str(tmp_path / "x.json")
+    workdir.write_json(path, {"a": [1, 2]})
+    assert workdir.read_json(path) == {"a": [1, 2]}
+    assert os.listdir(tmp_path) == ["x.json"]

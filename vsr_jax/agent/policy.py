@@ -1,0 +1,235 @@
+"""The VideoSearch-R1 agent: a pre-norm transformer over the query and the retrieved video.
+
+Sequence (the prefix): [VERIFY] query words [GROUND] frames [REFINE]. The prefix attends to
+itself both ways; refinement latents are appended after it and attend to the prefix and to the
+latents before them (so the prefix is encoded once and cached, as an LLM decodes).
+Heads (METHOD.md §1-2):
+  verify  - matched / not_matched, from [VERIFY];
+  ground  - start and end over the retrieved video's frames (end >= start), from the frames;
+  refine  - SQR: refine_projector (Linear -> LayerNorm -> GELU -> Linear, the last zero-init)
+            maps [REFINE]'s hidden state to latent z1; latent_input_projector (LayerNorm +
+            Linear, identity-init) feeds z_k back as the next position, whose hidden state
+            gives z_{k+1}; append_projector (LayerNorm + Linear, identity-init) turns the N
+            latents into soft tokens for the frozen engine's text tower.
+            HQR: the same positions choose N discrete words instead (a categorical policy).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vsr_jax.data.tokenizer import PAD
+
+MATCHED, NOT_MATCHED = 0, 1
+MAX_LATENTS = 64
+
+
+def rect_identity(key, shape, dtype=jnp.float32):
+  """Identity for square kernels, the leading identity block for rectangular ones."""
+  del key
+  return jnp.eye(*shape, dtype=dtype)
+
+
+class Attention(nn.Module):
+  heads: int
+
+  @nn.compact
+  def __call__(self, x, mask, past=None):
+    """x [B, T, H]; mask [B, T, S] over keys (past keys first); past: (k, v) [B, S-T, h, d]."""
+    B, T, H = x.shape
+    d = H // self.heads
+    q, k, v = (nn.DenseGeneral((self.heads, d), name=n)(x) for n in ("q", "k", "v"))
+    if past is not None:
+      k = jnp.concatenate([past[0], k], axis=1)
+      v = jnp.concatenate([past[1], v], axis=1)
+    logits = jnp.einsum("bthd,bshd->bhts", q, k) / jnp.sqrt(d).astype(x.dtype)
+    logits = jnp.where(mask[:, None], logits, jnp.finfo(logits.dtype).min)
+    out = jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(logits, axis=-1), v)
+    return nn.DenseGeneral(H, axis=(-2, -1), name="o")(out), (k, v)
+
+
+class Block(nn.Module):
+  heads: int
+  mlp_dim: int
+
+  @nn.compact
+  def __call__(self, x, mask, past=None):
+    y, kv = Attention(self.heads, name="attn")(nn.LayerNorm(name="ln_attn")(x), mask, past)
+    x = x + y
+    y = nn.Dense(self.mlp_dim, name="mlp_in")(nn.LayerNorm(name="ln_mlp")(x))
+    return x + nn.Dense(x.shape[-1], name="mlp_out")(nn.gelu(y)), kv
+
+
+class Agent(nn.Module):
+  vocab_size: int
+  max_query_len: int
+  max_frames: int
+  width: int
+  depth: int
+  heads: int
+  mlp_dim: int
+  latent_dim: int        # the engine text tower's input width (soft tokens live there)
+  refine: str = "sqr"    # sqr | hqr
+
+  def setup(self):
+    init = nn.initializers.normal(0.02)
+    self.word_embed = nn.Embed(self.vocab_size, self.width, embedding_init=init)
+    self.query_pos = self.param("query_pos", init, (self.max_query_len, self.width))
+    self.frame_pos = self.param("frame_pos", init, (self.max_frames, self.width))
+    self.latent_pos = self.param("latent_pos", init, (MAX_LATENTS, self.width))
+    self.special = self.param("special", init, (3, self.width))   # VERIFY, GROUND, REFINE
+    self.frame_ln = nn.LayerNorm()
+    self.frame_proj = nn.Dense(self.width)
+    self.blocks = [Block(self.heads, self.mlp_dim, name=f"block{i}") for i in range(self.depth)]
+    self.ln_out = nn.LayerNorm()
+    self.verify_head = nn.Dense(2)
+    self.start_head = nn.Dense(1)
+    self.end_head = nn.Dense(1)
+    # SQR projectors (METHOD.md §2).
+    self.refine_in = nn.Dense(self.latent_dim)
+    self.refine_ln = nn.LayerNorm()
+    self.refine_out = nn.Dense(self.latent_dim, kernel_init=nn.initializers.zeros)
+    self.latent_in_ln = nn.LayerNorm()
+    self.latent_in = nn.Dense(self.width, kernel_init=rect_identity)
+    self.append_ln = nn.LayerNorm()
+    self.append = nn.Dense(self.latent_dim, kernel_init=rect_identity)
+    # HQR: a word per refinement position.
+    self.word_head = nn.Dense(self.vocab_size)
+
+  # ------------------------------------------------------------------ prefix
+  def prefix(self, tokens, frames, num_frames):
+    """tokens [B, L], frames [B, F, D], num_frames [B] -> hidden [B, P, H], cache, mask."""
+    B, L = tokens.shape
+    F = frames.shape[1]
+    sp = jnp.broadcast_to(self.special, (B, 3, self.width))
+    words = self.word_embed(tokens) + self.query_pos[:L]
+    frames = self.frame_proj(self.frame_ln(frames)) + self.frame_pos[:F]
+    x = jnp.concatenate([sp[:, :1], words, sp[:, 1:2], frames, sp[:, 2:]], axis=1)
+    valid = jnp.concatenate([
+        jnp.ones((B, 1), bool), tokens != PAD, jnp.ones((B, 1), bool),
+        jnp.arange(F)[None] < num_frames[:, None], jnp.ones((B, 1), bool)], axis=1)
+    mask = valid[:, None, :] & jnp.ones((B, x.shape[1], 1), bool)
+    cache = []
+    for block in self.blocks:
+      x, kv = block(x, mask, None)
+      cache.append(kv)
+    return self.ln_out(x), cache, valid
+
+  def heads_out(self, hidden, num_frames, L: int):
+    """Verify logits [B, 2] and span logits [B, F, F] (-inf outside s <= e < num_frames)."""
+    F = hidden.shape[1] - L - 3
+    verify = self.verify_head(hidden[:, 0])
+    h_frames = hidden[:, L + 2:L + 2 + F]
+    start = self.start_head(h_frames)[..., 0]
+    end = self.end_head(h_frames)[..., 0]
+    idx = jnp.arange(F)
+    ok = (idx[:, None] <= idx[None, :])[None] & (idx[None, None, :] < num_frames[:, None, None])
+    span = jnp.where(ok, start[:, :, None] + end[:, None, :], -jnp.inf)
+    return verify, span
+
+  # ------------------------------------------------------------------ latents
+  def latent_step(self, x_new, cache, valid, k: int):
+    """One appended position: x_new [B, H] attends to the cached prefix and earlier latents."""
+    B = x_new.shape[0]
+    x = (x_new + self.latent_pos[k])[:, None]
+    keys = jnp.concatenate([valid, jnp.ones((B, k + 1), bool)], axis=1)
+    new_cache = []
+    for block, past in zip(self.blocks, cache):
+      x, kv = block(x, keys[:, None, :], past)
+      new_cache.append(kv)
+    return self.ln_out(x)[:, 0], new_cache
+
+  def to_latent(self, h):
+    """refine_projector: hidden [B, H] -> latent [B, latent_dim]."""
+    return self.refine_out(nn.gelu(self.refine_ln(self.refine_in(h))))
+
+  def latent_input(self, z):
+    """latent_input_projector: latent -> the agent's input space."""
+    return self.latent_in(self.latent_in_ln(z))
+
+  def soft_tokens(self, z):
+    """append_projector: latents [..., latent_dim] -> soft tokens for the engine."""
+    return self.append(self.append_ln(z))
+
+  def word_logits(self, h):
+    return self.word_head(h)
+
+  def embed_word(self, token):
+    return self.word_embed(token)
+
+  def act(self, tokens, frames, num_frames, *, num_latents: int, mode: str, sigma: float,
+          rng=None, forced=None):
+    """One turn's policy outputs for a batch.
+
+    mode: greedy (latents = their means, argmax words), sample (Gaussian latents of std
+    `sigma` around the means; words from the categorical), forced (replay `forced` actions:
+    latents [B, N, latent_dim] for SQR, words [B, N] for HQR).
+    Returns verify [B, 2] and span [B, F, F] logits and, for the N refinement positions,
+    SQR: mean [B, N, Dl] and action [B, N, Dl]; HQR: logits [B, N, V] and words [B, N].
+    """
+    hidden, cache, valid = self.prefix(tokens, frames, num_frames)
+    verify, span = self.heads_out(hidden, num_frames, tokens.shape[1])
+    out = {"verify": verify, "span": span}
+    h = hidden[:, -1]
+    means, actions, logits, words = [], [], [], []
+    for k in range(num_latents):
+      if self.refine == "sqr":
+        mu = self.to_latent(h)
+        if mode == "sample":
+          a = mu + sigma * jax.random.normal(jax.random.fold_in(rng, k), mu.shape)
+        elif mode == "forced":
+          a = forced[:, k]
+        else:
+          a = mu
+        # The action is the environment's input from here on: no gradient through it.
+        a = jax.lax.stop_gradient(a) if mode != "greedy" else a
+        means.append(mu)
+        actions.append(a)
+        x_next = self.latent_input(a)
+      else:
+        lg = self.word_logits(h)
+        if mode == "sample":
+          w = jax.random.categorical(jax.random.fold_in(rng, k), lg)
+        elif mode == "forced":
+          w = forced[:, k]
+        else:
+          w = jnp.argmax(lg, -1)
+        logits.append(lg)
+        words.append(w)
+        x_next = self.embed_word(w)
+      if k + 1 < num_latents:
+        h, cache = self.latent_step(x_next, cache, valid, k)
+    if self.refine == "sqr":
+      dl = self.latent_dim
+      out["mean"] = jnp.stack(means, 1) if means else jnp.zeros((tokens.shape[0], 0, dl))
+      out["action"] = jnp.stack(actions, 1) if actions else out["mean"]
+    else:
+      out["logits"] = (jnp.stack(logits, 1) if logits else
+                       jnp.zeros((tokens.shape[0], 0, self.vocab_size)))
+      out["words"] = (jnp.stack(words, 1) if words else
+                      jnp.zeros((tokens.shape[0], 0), jnp.int32))
+    return out
+
+  def __call__(self, tokens, frames, num_frames):
+    """Initialisation path: touches every parameter."""
+    hidden, cache, valid = self.prefix(tokens, frames, num_frames)
+    verify, span = self.heads_out(hidden, num_frames, tokens.shape[1])
+    z = self.to_latent(hidden[:, -1])
+    h, _ = self.latent_step(self.latent_input(z), cache, valid, 0)
+    return verify, span, self.soft_tokens(z), self.word_logits(h), self.embed_word(tokens[:, 0])
+
+
+def build_agent(config, vocab_size: int, refine: str | None = None) -> Agent:
+  a = config.agent
+  return Agent(vocab_size=vocab_size, max_query_len=config.data.max_query_len,
+               max_frames=config.data.max_frames, width=a.width, depth=a.depth, heads=a.heads,
+               mlp_dim=a.mlp_dim, latent_dim=config.engine.text.width,
+               refine=refine or a.refine)
+
+
+def init_agent(agent: Agent, config, rng):
+  tokens = jnp.zeros((1, config.data.max_query_len), jnp.int32).at[:, 0].set(2)
+  frames = jnp.zeros((1, config.data.max_frames, config.data.feature_dim), jnp.float32)
+  return agent.init(rng, tokens, frames, jnp.ones((1,), jnp.int32))["params"]

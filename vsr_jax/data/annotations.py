@@ -1,0 +1,114 @@
+"""Reading VERIFIED-style annotation JSONL, checked row by row.
+
+A row: {"video": "TAQ25", "time": [11.6, 17.7], "desc_id": 65, "duration": 28.0,
+        "cog_desc": "...", "fig_desc": "..."}; the query is `fig_desc`.
+Every problem names the file and line. Moments that poke past the video are corrected and
+counted (the real Charades-FIG files have ~15% of rows with an end beyond `duration`);
+what cannot be corrected is an error.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+
+from absl import logging
+
+
+class AnnotationError(ValueError):
+  """An annotation row that cannot be used; the message names file, line and field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Moment:
+  desc_id: int
+  video: str
+  start: float
+  end: float
+  duration: float
+  query: str           # fig_desc
+  coarse: str          # cog_desc ('' when the file has none)
+
+
+REQUIRED = ("video", "time", "desc_id", "duration", "fig_desc")
+
+
+def _number(where: str, field: str, value) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise AnnotationError(f"{where}: field {field!r} must be a number, got {value!r}")
+  if not math.isfinite(value):
+    raise AnnotationError(f"{where}: field {field!r} is not finite ({value!r})")
+  return float(value)
+
+
+def parse_row(row, where: str, counts: collections.Counter) -> Moment:
+  """Checks one decoded row; corrections are added to `counts`."""
+  if not isinstance(row, dict):
+    raise AnnotationError(f"{where}: expected a JSON object, got {type(row).__name__}")
+  for field in REQUIRED:
+    if field not in row:
+      raise AnnotationError(f"{where}: missing field {field!r} (row has {sorted(row)})")
+  video = row["video"]
+  if not isinstance(video, str) or not video:
+    raise AnnotationError(f"{where}: field 'video' must be a non-empty string, got {video!r}")
+  desc_id = row["desc_id"]
+  if isinstance(desc_id, bool) or not isinstance(desc_id, int):
+    raise AnnotationError(f"{where}: field 'desc_id' must be an integer, got {desc_id!r}")
+  duration = _number(where, "duration", row["duration"])
+  if duration <= 0:
+    raise AnnotationError(f"{where}: field 'duration' must be > 0, got {duration}")
+  time = row["time"]
+  if not isinstance(time, (list, tuple)) or len(time) != 2:
+    raise AnnotationError(f"{where}: field 'time' must be [start, end], got {time!r}")
+  start, end = (_number(where, "time", t) for t in time)
+  if start > end:
+    raise AnnotationError(f"{where}: field 'time' is reversed: start {start} > end {end}")
+  if start >= duration:
+    raise AnnotationError(
+        f"{where}: moment [{start}, {end}] starts at or after the video's end ({duration} s)")
+  if start < 0:
+    start = 0.0
+    counts["start_clipped_to_0"] += 1
+  if end > duration:
+    end = duration
+    counts["end_clipped_to_duration"] += 1
+  if end <= start:
+    raise AnnotationError(f"{where}: moment [{start}, {end}] has no length")
+  query = row["fig_desc"]
+  if not isinstance(query, str) or not query.strip():
+    raise AnnotationError(f"{where}: empty query (field 'fig_desc' is {query!r})")
+  coarse = row.get("cog_desc", "")
+  if not isinstance(coarse, str):
+    raise AnnotationError(f"{where}: field 'cog_desc' must be a string, got {coarse!r}")
+  return Moment(desc_id, video, start, end, duration, query.strip(), coarse.strip())
+
+
+def read_verified(path: str) -> tuple[list[Moment], collections.Counter]:
+  """Reads a VERIFIED annotation file; returns the moments and the corrections made."""
+  counts = collections.Counter()
+  moments, seen = [], {}
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{lineno}"
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise AnnotationError(
+            f"{where}: not valid JSON ({e.msg} at column {e.colno}); is the line truncated?"
+        ) from None
+      moment = parse_row(row, where, counts)
+      if moment.desc_id in seen:
+        raise AnnotationError(
+            f"{where}: desc_id {moment.desc_id} already used on line {seen[moment.desc_id]}")
+      seen[moment.desc_id] = lineno
+      moments.append(moment)
+  if not moments:
+    raise AnnotationError(f"{path}: no annotation rows")
+  for what, n in sorted(counts.items()):
+    logging.info("%s: %s in %d of %d rows", path, what.replace("_", " "), n, len(moments))
+  counts["rows"] = len(moments)
+  return moments, counts

@@ -1,0 +1,334 @@
+"""Nearest-neighbour search over the corpus' video vectors, behind one interface.
+
+Both backends are pytrees that can be passed into jitted code and answer
+  search(q [..., E], k)            -> scores [..., k], ids [..., k] (best first)
+  search_and_rank(q, k, gt [...])  -> scores, ids, rank [...] (1 = the ground truth is top-1)
+* ExactIndex: matmul + lax.top_k on device; the corpus may be sharded over the mesh's devices
+  (each shard finds its own top-k, then the shards' candidates are merged).
+* ScannIndex: ScaNN (tree + asymmetric hashing + exact reorder) on the host through
+  jax.pure_callback, for corpora that do not fit on the device. Serialised into the workdir
+  and reloaded without rebuilding.
+Ranks are exact and consistent with the returned list: ties in score go to the lower video
+index, as lax.top_k orders them. For ScaNN, the rank of a ground truth found in the searched
+list (depth max(k, rank_depth)) is its position there; otherwise its exact rank over the
+corpus, but never less than the list's length + 1. When ScaNN finds fewer than k
+neighbours, the missing entries have id -1 and score -inf.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vsr_jax.config_lib import ConfigError
+
+_NEG = -jnp.inf
+
+
+def check_top_k(k: int, num_videos: int, what: str = "index top-k") -> None:
+  if not 1 <= k <= num_videos:
+    raise ConfigError(f"{what} k={k} must be between 1 and the corpus size {num_videos}")
+
+
+def _scores(vectors, q, offset, num_valid):
+  """q [B, E] x local rows -> scores [B, Vs] with padding rows at -inf, and the rows' ids."""
+  s = jnp.einsum("be,ve->bv", q, vectors.astype(q.dtype))
+  ids = offset + jnp.arange(vectors.shape[0])
+  return jnp.where(ids[None, :] < num_valid, s, _NEG), ids
+
+
+def _local_topk(s, ids, k):
+  k_local = min(k, s.shape[1])
+  top_s, top_i = jax.lax.top_k(s, k_local)
+  return top_s, ids[top_i]
+
+
+def _local_rank_parts(s, ids, gt):
+  """Per shard: the ground truth's score (-inf if not here) and the count strictly ahead."""
+  here = (gt >= ids[0]) & (gt <= ids[-1])
+  local = jnp.clip(gt - ids[0], 0, ids.shape[0] - 1)
+  gt_score = jnp.where(here, jnp.take_along_axis(s, local[:, None], 1)[:, 0], _NEG)
+  return gt_score
+
+
+def _count_ahead(s, ids, gt, gt_score):
+  ahead = (s > gt_score[:, None]) | ((s == gt_score[:, None]) & (ids[None, :] < gt[:, None]))
+  return jnp.sum(ahead & (ids[None, :] != gt[:, None]), axis=1)
+
+
+@jax.tree_util.register_pytree_node_class
+class ExactIndex:
+  """Exact maximum inner product search on device."""
+
+  def __init__(self, vectors: jax.Array, num_valid: int, mesh: Mesh | None = None):
+    self.vectors = vectors          # [V_padded, E]; rows >= num_valid are padding
+    self.num_valid = num_valid
+    self.mesh = mesh                # shard rows over mesh axis 'data' when given
+
+  @classmethod
+  def build(cls, vectors, mesh: Mesh | None = None) -> "ExactIndex":
+    vectors = jnp.asarray(vectors)
+    n = vectors.shape[0]
+    if mesh is not None and mesh.size > 1:
+      pad = (-n) % mesh.size
+      vectors = jnp.pad(vectors, ((0, pad), (0, 0)))
+      vectors = jax.device_put(vectors, NamedSharding(mesh, P(mesh.axis_names[0])))
+    else:
+      mesh = None
+    return cls(vectors, n, mesh)
+
+  def tree_flatten(self):
+    return (self.vectors,), (self.num_valid, self.mesh)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(children[0], *aux)
+
+  @property
+  def size(self) -> int:
+    return self.num_valid
+
+  def _run(self, q, k, gt):
+    """Flattens leading dims; runs per shard (shard_map) or on one device."""
+    lead = q.shape[:-1]
+    q2 = q.reshape(-1, q.shape[-1])
+    gt2 = None if gt is None else gt.reshape(-1).astype(jnp.int32)
+    if self.mesh is None:
+      s, ids = _scores(self.vectors, q2, 0, self.num_valid)
+      top_s, top_i = _local_topk(s, ids, k)
+      rank = None
+      if gt2 is not None:
+        rank = 1 + _count_ahead(s, ids, gt2, _local_rank_parts(s, ids, gt2))
+    else:
+      axis = self.mesh.axis_names[0]
+      shard_rows = self.vectors.shape[0] // self.mesh.size
+      num_valid = self.num_valid
+
+      def per_shard(vectors, q_all, gt_all):
+        offset = jax.lax.axis_index(axis) * shard_rows
+        s, ids = _scores(vectors, q_all, offset, num_valid)
+        top_s, top_i = _local_topk(s, ids, k)
+        # Merge: every shard's candidates, then the global top-k.
+        all_s = jax.lax.all_gather(top_s, axis, axis=1, tiled=True)
+        all_i = jax.lax.all_gather(top_i, axis, axis=1, tiled=True)
+        best_s, pos = jax.lax.top_k(all_s, k)
+        best_i = jnp.take_along_axis(all_i, pos, 1)
+        if gt_all is None:
+          return best_s, best_i, jnp.zeros(q_all.shape[0], jnp.int32)
+        gt_score = jax.lax.pmax(_local_rank_parts(s, ids, gt_all), axis)
+        ahead = jax.lax.psum(_count_ahead(s, ids, gt_all, gt_score), axis)
+        return best_s, best_i, 1 + ahead
+
+      g = gt2 if gt2 is not None else jnp.zeros(q2.shape[0], jnp.int32)
+      fn = jax.shard_map(
+          lambda v, qq, gg: per_shard(v, qq, gg if gt2 is not None else None),
+          mesh=self.mesh, in_specs=(P(axis), P(), P()), out_specs=(P(), P(), P()),
+          check_vma=False)
+      top_s, top_i, rank = fn(self.vectors, q2, g)
+      rank = rank if gt2 is not None else None
+    top_s = top_s.reshape(*lead, k)
+    top_i = top_i.reshape(*lead, k).astype(jnp.int32)
+    if rank is not None:
+      rank = rank.reshape(lead).astype(jnp.int32)
+    return top_s, top_i, rank
+
+  def search(self, q, k):
+    top_s, top_i, _ = self._run(q, k, None)
+    return top_s, top_i
+
+  def search_and_rank(self, q, k, gt):
+    return self._run(q, k, gt)
+
+
+# ----------------------------------------------------------------------------- ScaNN
+
+def _fingerprint(vectors: np.ndarray) -> str:
+  return hashlib.sha1(np.ascontiguousarray(vectors, np.float32).tobytes()).hexdigest()
+
+
+def scann_params(cfg, n: int) -> dict:
+  """Resolved ScaNN parameters for a corpus of n vectors (cfg: config.index.scann)."""
+  leaves = cfg.num_leaves or max(1, int(round(np.sqrt(n))))
+  leaves = min(leaves, n)
+  return {
+      "num_leaves": leaves,
+      "num_leaves_to_search": min(leaves, cfg.num_leaves_to_search or max(1, leaves // 10)),
+      "training_sample_size": min(n, cfg.training_sample_size),
+      "dims_per_block": cfg.dims_per_block,
+      "anisotropic_quantization_threshold": cfg.anisotropic_quantization_threshold,
+      "reorder": cfg.reorder,
+  }
+
+
+def build_scann(vectors: np.ndarray, params: dict, threads: int = 0):
+  import scann  # host-only dependency, imported where it is used
+  vectors = np.ascontiguousarray(vectors, np.float32)
+  builder = scann.scann_ops_pybind.builder(vectors, 10, "dot_product")
+  builder = builder.tree(num_leaves=params["num_leaves"],
+                         num_leaves_to_search=params["num_leaves_to_search"],
+                         training_sample_size=params["training_sample_size"])
+  builder = builder.score_ah(
+      params["dims_per_block"],
+      anisotropic_quantization_threshold=params["anisotropic_quantization_threshold"])
+  builder = builder.reorder(params["reorder"])
+  builder.set_n_training_threads(threads or os.cpu_count())
+  return builder.build()
+
+
+class _Host:
+  """Holds the host-side ScaNN searcher; compared by identity so jit caches per index."""
+
+  def __init__(self, searcher, vectors: np.ndarray, *, threads: int, rank_depth: int,
+               reorder: int):
+    self.searcher, self.vectors = searcher, vectors
+    self.rank_depth, self.reorder = rank_depth, reorder
+    if threads:
+      searcher.set_num_threads(threads)
+
+  def search(self, q: np.ndarray, depth: int):
+    q = np.ascontiguousarray(q, np.float32)
+    if q.shape[0] == 0:
+      return np.zeros((0, depth), np.float32), np.zeros((0, depth), np.int32)
+    ids, scores = self.searcher.search_batched_parallel(
+        q, final_num_neighbors=depth, pre_reorder_num_neighbors=max(depth, self.reorder))
+    scores = np.asarray(scores, np.float32)
+    ids = np.asarray(ids, np.int64).astype(np.int32)
+    # When the searched leaves hold fewer than `depth` points, ScaNN pads with id 0 and NaN.
+    pad = ~np.isfinite(scores)
+    return np.where(pad, -np.inf, scores), np.where(pad, -1, ids)
+
+  def exact_ranks(self, q: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    ranks = np.empty(len(gt), np.int64)
+    ids = np.arange(self.vectors.shape[0])
+    for start in range(0, len(gt), 256):
+      s = q[start:start + 256] @ self.vectors.T
+      g = gt[start:start + 256]
+      gs = s[np.arange(len(g)), g][:, None]
+      ahead = (s > gs) | ((s == gs) & (ids[None] < g[:, None]))
+      ranks[start:start + 256] = 1 + ahead.sum(1)
+    return ranks
+
+
+@jax.tree_util.register_pytree_node_class
+class ScannIndex:
+  """ScaNN on the host, called from jitted code through jax.pure_callback."""
+
+  def __init__(self, host: _Host):
+    self.host = host
+
+  def tree_flatten(self):
+    return (), (self.host,)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(*aux)
+
+  @property
+  def size(self) -> int:
+    return self.host.vectors.shape[0]
+
+  @classmethod
+  def build(cls, vectors: np.ndarray, cfg, *, directory: str | None = None,
+            rank_depth: int = 100) -> "ScannIndex":
+    """Loads the serialised searcher from `directory` if it matches, else builds (and saves)."""
+    import scann
+    vectors = np.ascontiguousarray(np.asarray(vectors), np.float32)
+    params = scann_params(cfg, vectors.shape[0])
+    meta = {"params": params, "num_vectors": int(vectors.shape[0]),
+            "fingerprint": _fingerprint(vectors)}
+    searcher = None
+    if directory and os.path.isfile(os.path.join(directory, "vsr_meta.json")):
+      with open(os.path.join(directory, "vsr_meta.json")) as f:
+        saved = json.load(f)
+      if saved == meta:
+        searcher = scann.scann_ops_pybind.load_searcher(directory)
+        logging.info("ScaNN index loaded from %s", directory)
+      else:
+        logging.info("ScaNN index in %s is for other vectors or parameters; rebuilding",
+                     directory)
+    if searcher is None:
+      start = time.perf_counter()
+      searcher = build_scann(vectors, params, cfg.threads)
+      logging.info("ScaNN index built over %d vectors in %.1fs (%s)", vectors.shape[0],
+                   time.perf_counter() - start, params)
+      if directory:
+        save_scann(searcher, directory, meta)
+    return cls(_Host(searcher, vectors, threads=cfg.threads, rank_depth=rank_depth,
+                     reorder=params["reorder"]))
+
+  def _callback(self, q, k, gt):
+    depth = max(k, min(self.host.rank_depth, self.size))
+
+    def host_fn(q_np, gt_np):
+      # Under vmap the callback sees extra leading (batch) dims: flatten, answer, restore.
+      batch = q_np.shape[:-1]
+      flat_q = np.asarray(q_np).reshape(-1, q_np.shape[-1])
+      scores, ids = self.host.search(flat_q, depth)
+      out = (scores[:, :k].reshape(*batch, k), ids[:, :k].reshape(*batch, k))
+      if gt_np is None:
+        return out
+      flat_gt = np.asarray(gt_np).reshape(-1)
+      found = ids == flat_gt[:, None]
+      in_list = found.any(1)
+      rank = np.where(in_list, found.argmax(1) + 1, 0)
+      if (~in_list).any():
+        # Not in the searched list: at least one past the list's real entries.
+        listed = (ids[~in_list] >= 0).sum(1)
+        exact = self.host.exact_ranks(flat_q[~in_list], flat_gt[~in_list])
+        rank[~in_list] = np.maximum(listed + 1, exact)
+      return out + (rank.astype(np.int32).reshape(batch),)
+
+    lead = q.shape[:-1]
+    shapes = (jax.ShapeDtypeStruct((*lead, k), jnp.float32),
+              jax.ShapeDtypeStruct((*lead, k), jnp.int32))
+    q = q.astype(jnp.float32)
+    if gt is None:
+      scores, ids = jax.pure_callback(lambda a: host_fn(a, None), shapes, q,
+                                      vmap_method="broadcast_all")
+      return scores, ids, None
+    shapes = shapes + (jax.ShapeDtypeStruct(lead, jnp.int32),)
+    return jax.pure_callback(host_fn, shapes, q, gt.astype(jnp.int32),
+                             vmap_method="broadcast_all")
+
+  def search(self, q, k):
+    s, i, _ = self._callback(q, k, None)
+    return s, i
+
+  def search_and_rank(self, q, k, gt):
+    return self._callback(q, k, gt)
+
+
+def save_scann(searcher, directory: str, meta: dict) -> None:
+  """Serialises into a temporary directory, then renames: never a half-written index."""
+  tmp = directory.rstrip("/") + ".partial"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  searcher.serialize(tmp, relative_path=True)
+  with open(os.path.join(tmp, "vsr_meta.json"), "w") as f:
+    json.dump(meta, f)
+  shutil.rmtree(directory, ignore_errors=True)
+  os.replace(tmp, directory)
+
+
+def index_bytes(directory: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, f))
+             for root, _, files in os.walk(directory) for f in files)
+
+
+def build_index(config, vectors, *, mesh: Mesh | None = None, directory: str | None = None):
+  """The index backend named by config.index.backend over `vectors` [V, E]."""
+  if config.index.backend == "exact":
+    return ExactIndex.build(vectors, mesh if config.index.shard else None)
+  if config.index.backend == "scann":
+    return ScannIndex.build(np.asarray(vectors), config.index.scann, directory=directory)
+  raise ConfigError(f"config.index.backend={config.index.backend!r}: expected exact or scann")

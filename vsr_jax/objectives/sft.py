@@ -1,0 +1,119 @@
+"""Stage 1, the supervised cold start (METHOD.md §3):
+
+  L = L_verify + 1[matched] L_time + 0.3 L_ret
+
+on first-turn examples (the original query's top-1, matched / not-matched balanced 1:1).
+L_verify: cross-entropy of the verdict; L_time: cross-entropy of the ground-truth (start, end)
+frame pair; L_ret: InfoNCE (tau = 0.1) of the refined query vector against the positive video
+and hard negatives mined from the frozen engine's top-200. It reaches the agent through the
+frozen engine's text tower.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from vsr_jax.agent.policy import MATCHED, NOT_MATCHED, Agent
+from vsr_jax.engine.towers import DualEncoder
+from vsr_jax.objectives.contrastive import info_nce
+
+PROJECTORS = ("refine_in", "refine_ln", "refine_out", "latent_in_ln", "latent_in", "append_ln",
+              "append")
+
+
+def soft_tokens(agent: Agent, engine: DualEncoder, agent_params, engine_params, out):
+  """The refinement tokens for the engine, differentiable for both refiners.
+
+  SQR: append_projector(latents). HQR: embeddings of the chosen words, with a straight-through
+  gradient through the word distribution (the forward pass uses the argmax words).
+  """
+  if agent.refine == "sqr":
+    return agent.apply({"params": agent_params}, out["action"], method=Agent.soft_tokens)
+  probs = jax.nn.softmax(out["logits"])
+  onehot = jax.nn.one_hot(out["words"], probs.shape[-1])
+  weights = onehot + probs - jax.lax.stop_gradient(probs)
+  table = engine.apply({"params": engine_params}, jnp.arange(probs.shape[-1]),
+                       method=DualEncoder.word_vectors)
+  return weights @ table
+
+
+def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, batch, cfg,
+             num_latents: int):
+  """batch: tokens [B, L], frames [B, F, D], num_frames [B], matched [B], span [B, 2] frames,
+  ret_keys [B, 1 + K, E] (positive first), ret_valid [B, 1 + K]."""
+  out = agent.apply({"params": agent_params}, batch["tokens"], batch["frames"],
+                    batch["num_frames"], num_latents=num_latents, mode="greedy", sigma=1.0,
+                    method=Agent.act)
+  B, F = out["span"].shape[:2]
+  matched = batch["matched"].astype(jnp.float32)
+  label = jnp.where(batch["matched"], MATCHED, NOT_MATCHED)
+  verify_ce = -jnp.take_along_axis(jax.nn.log_softmax(out["verify"]), label[:, None], 1)[:, 0]
+  flat = batch["span"][:, 0] * F + batch["span"][:, 1]
+  span_lp = jax.nn.log_softmax(out["span"].reshape(B, F * F))
+  time_ce = -jnp.take_along_axis(span_lp, flat[:, None], 1)[:, 0]
+  time_ce = jnp.where(batch["matched"], time_ce, 0.0)   # -inf spans of unmatched videos
+  metrics = {
+      "verify_ce": verify_ce.mean(),
+      "verify_acc": jnp.mean((jnp.argmax(out["verify"], -1) == label)),
+      "time_ce": jnp.sum(time_ce) / jnp.maximum(matched.sum(), 1.0),
+  }
+  loss = verify_ce.mean() + cfg.time_weight * jnp.mean(time_ce)
+  if num_latents:
+    soft = soft_tokens(agent, engine, agent_params, engine_params, out)
+    q = engine.apply({"params": engine_params}, batch["tokens"], soft,
+                     method=DualEncoder.encode_text)
+    ret = info_nce(q, batch["ret_keys"], jnp.zeros(B, jnp.int32), cfg.temperature,
+                   allowed=batch["ret_valid"])
+    refined = 1.0 - matched
+    loss = loss + cfg.ret_weight * jnp.mean(ret * refined)
+    metrics["ret_loss"] = jnp.sum(ret * refined) / jnp.maximum(refined.sum(), 1.0)
+    metrics["ret_r1"] = jnp.sum((jnp.argmax(jnp.einsum("be,bke->bk", q, batch["ret_keys"]) +
+                                            jnp.where(batch["ret_valid"], 0.0, -1e9), -1) == 0)
+                                * refined) / jnp.maximum(refined.sum(), 1.0)
+  metrics["loss"] = loss
+  return loss, metrics
+
+
+def optimizer(cfg):
+  """AdamW with its own learning rate for the SQR projectors (reference: 2e-5 vs 5e-5)."""
+  def schedule(lr):
+    return optax.warmup_cosine_decay_schedule(0.0, lr, max(1, cfg.warmup_steps),
+                                              max(cfg.steps, cfg.warmup_steps + 1))
+
+  def label(params):
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict(
+        {k: "projector" if k[0] in PROJECTORS else "body" for k in flat})
+
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.clip_grad_norm),
+      optax.multi_transform({
+          "body": optax.adamw(schedule(cfg.learning_rate), weight_decay=cfg.weight_decay),
+          "projector": optax.adamw(schedule(cfg.projector_learning_rate),
+                                   weight_decay=cfg.weight_decay)}, label))
+
+
+# ------------------------------------------------------------------ host-side data
+
+def hard_negative_pool(scores: np.ndarray, ids: np.ndarray, gt: np.ndarray, gt_score: np.ndarray,
+                       num: int, ambiguity: float):
+  """From each query's engine top-k (ids, scores [Q, k]): the first `num` videos that are not
+  the ground truth and not within `ambiguity` of its score. Returns ids [Q, num], valid mask."""
+  ok = (ids != gt[:, None]) & (np.abs(scores - gt_score[:, None]) >= ambiguity)
+  order = np.argsort(~ok, axis=1, kind="stable")[:, :num]
+  picked = np.take_along_axis(ids, order, 1)
+  valid = np.take_along_axis(ok, order, 1)
+  return np.where(valid, picked, 0), valid
+
+
+def span_frames(times: np.ndarray, frame_seconds: np.ndarray, num_frames: np.ndarray):
+  """Ground-truth (start, end) seconds -> inclusive frame indices inside the video."""
+  start = np.floor(times[:, 0] / frame_seconds).astype(np.int32)
+  end = np.ceil(times[:, 1] / frame_seconds).astype(np.int32) - 1
+  start = np.clip(start, 0, num_frames - 1)
+  end = np.clip(np.maximum(end, start), 0, num_frames - 1)
+  return np.stack([start, end], 1)

@@ -1,0 +1,164 @@
+"""The retrieve -> verify -> (ground | refine) episode, turns 1..T as one jax.lax.scan.
+
+Each turn searches the index with the current query vector, shows the agent the top-1
+video, and takes the agent's verdict: `matched` grounds the moment and ends the episode;
+`not_matched` refines (SQR: soft tokens appended to the ORIGINAL query inside the frozen
+engine; HQR: discrete words) and the next turn searches with the new vector. A `done` mask
+freezes finished episodes, so a batch (and, under vmap, a GRPO group) runs as one program.
+Everything a turn produced is returned per turn as the state *after* that turn (finished
+episodes carry their last turn forward), with the log-probability of every action taken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vsr_jax.agent.policy import MATCHED, Agent
+from vsr_jax.engine.towers import DualEncoder
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass
+class Corpus:
+  """What an episode reads about the corpus: the index and the videos' frames."""
+  index: object                # ExactIndex | ScannIndex
+  features: jax.Array          # [V, F, D]
+  num_frames: jax.Array        # [V]
+  frame_seconds: jax.Array     # [V]
+  durations: jax.Array         # [V]
+
+  def tree_flatten(self):
+    return (self.index, self.features, self.num_frames, self.frame_seconds,
+            self.durations), None
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(*children)
+
+  @classmethod
+  def from_split(cls, index, split) -> "Corpus":
+    return cls(index, jnp.asarray(split.features), jnp.asarray(split.num_frames),
+               jnp.asarray(split.frame_seconds), jnp.asarray(split.durations))
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeConfig:
+  turns: int
+  num_latents: int
+  refine: str          # sqr | hqr
+  sigma: float         # std of the Gaussian latent policy (sampling)
+  mode: str            # greedy | sample | forced
+
+
+def gaussian_logp(action, mean, sigma):
+  """Per-latent log-probability as in the reference: -mean_d (a - mu)^2 / (2 sigma^2)."""
+  return -jnp.mean(jnp.square(action - mean), axis=-1) / (2.0 * sigma ** 2)
+
+
+def span_to_seconds(span_frames, frame_seconds, duration):
+  s = jnp.minimum(span_frames[..., 0] * frame_seconds, duration)
+  e = jnp.minimum((span_frames[..., 1] + 1) * frame_seconds, duration)
+  return jnp.stack([s, jnp.maximum(e, s)], -1)
+
+
+def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corpus: Corpus,
+            tokens, gt, rng, spec: EpisodeConfig, forced=None):
+  """Runs T turns for a batch. tokens [B, L] int; gt [B] ground-truth video (for ranks).
+
+  forced (spec.mode == 'forced'): a recorded trajectory {'retrieved' [T, B], 'verdict' [T, B],
+  'span' [T, B, 2], 'refine' [T, B, N, ...]} to replay without searching (the log-probs of
+  another policy, e.g. GRPO's reference policy, on the same observations and actions).
+  Returns a dict of [T, B, ...] arrays (state after each turn) and the action log-probs.
+  """
+  B = tokens.shape[0]
+  T, N = spec.turns, spec.num_latents
+  q0 = engine.apply({"params": engine_params}, tokens, method=DualEncoder.encode_text)
+  q0 = jax.lax.stop_gradient(q0)      # the engine is frozen; the original query is fixed
+  F = corpus.features.shape[1]
+
+  def turn(carry, t):
+    q, done, record = carry
+    f_t = None if forced is None else jax.tree.map(lambda x: x[t], forced)
+    if f_t is None:
+      _, ids, rank = corpus.index.search_and_rank(jax.lax.stop_gradient(q), 1, gt)
+      vid = ids[:, 0]
+    else:   # replay: the recorded observations, no search
+      vid, rank = f_t["retrieved"], jnp.zeros(B, jnp.int32)
+    frames, nf = corpus.features[vid], corpus.num_frames[vid]
+    key = jax.random.fold_in(rng, t)
+    out = agent.apply({"params": agent_params}, tokens, frames, nf, num_latents=N,
+                      mode=spec.mode, sigma=spec.sigma, rng=jax.random.fold_in(key, 0),
+                      forced=None if f_t is None else f_t["refine"], method=Agent.act)
+    verify_lp = jax.nn.log_softmax(out["verify"])
+    span_lp = jax.nn.log_softmax(out["span"].reshape(B, F * F))
+    if spec.mode == "sample":
+      verdict = jax.random.categorical(jax.random.fold_in(key, 1), out["verify"])
+      span_flat = jax.random.categorical(jax.random.fold_in(key, 2), span_lp)
+    elif spec.mode == "forced":
+      verdict = f_t["verdict"]
+      span_flat = f_t["span"][:, 0] * F + f_t["span"][:, 1]
+    else:
+      verdict = jnp.argmax(out["verify"], -1)
+      span_flat = jnp.argmax(span_lp, -1)
+    span = jnp.stack([span_flat // F, span_flat % F], -1)
+    # Refinement: the next query vector from the original query plus the new tokens.
+    if spec.refine == "sqr":
+      soft = agent.apply({"params": agent_params}, out["action"], method=Agent.soft_tokens)
+      refine_lp = gaussian_logp(out["action"], out["mean"], spec.sigma)        # [B, N]
+      refine_action = out["action"]
+    else:
+      soft = engine.apply({"params": engine_params}, out["words"],
+                          method=DualEncoder.word_vectors)
+      refine_lp = jnp.take_along_axis(jax.nn.log_softmax(out["logits"]),
+                                      out["words"][..., None], -1)[..., 0]   # [B, N]
+      refine_action = out["words"]
+    q_next = engine.apply({"params": engine_params}, tokens, soft if N else None,
+                          method=DualEncoder.encode_text)
+    if f_t is None:
+      _, _, next_rank = corpus.index.search_and_rank(jax.lax.stop_gradient(q_next), 1, gt)
+    else:
+      next_rank = rank
+
+    active = ~done
+    matched = verdict == MATCHED
+    refines = active & ~matched & (t < T - 1) & (N > 0)
+    now = {
+        "retrieved": vid, "rank": rank,
+        "policy_rank": jnp.where(refines, next_rank, rank),
+        "verdict": verdict, "span": span,
+        "pred_time": span_to_seconds(span, corpus.frame_seconds[vid], corpus.durations[vid]),
+        "query": q,
+    }
+    record = jax.tree.map(lambda new, old: jnp.where(
+        active.reshape(active.shape + (1,) * (new.ndim - 1)), new, old), now, record)
+    step = dict(record)
+    step.update(
+        active=active, refines=refines, grounds=active & matched,
+        verdict_logp=jnp.take_along_axis(verify_lp, verdict[:, None], -1)[:, 0],
+        span_logp=jnp.take_along_axis(span_lp, span_flat[:, None], -1)[:, 0],
+        refine_logp=refine_lp, refine_action=refine_action, next_query=q_next)
+    q = jnp.where(refines[:, None], q_next, q)
+    return (q, done | (active & ~refines), record), step
+
+  init_record = {
+      "retrieved": jnp.zeros(B, jnp.int32), "rank": jnp.zeros(B, jnp.int32),
+      "policy_rank": jnp.zeros(B, jnp.int32), "verdict": jnp.zeros(B, jnp.int32),
+      "span": jnp.zeros((B, 2), jnp.int32), "pred_time": jnp.zeros((B, 2), jnp.float32),
+      "query": q0,
+  }
+  carry = (q0, jnp.zeros(B, bool), init_record)
+  (q_final, _, _), steps = jax.lax.scan(turn, carry, jnp.arange(T))
+  steps["orig_query"] = q0
+  steps["final_query"] = q_final
+  return steps
+
+
+def forced_actions(steps) -> dict:
+  """The actions an episode took, in the form `episode(..., forced=)` replays."""
+  return {"retrieved": steps["retrieved"], "verdict": steps["verdict"], "span": steps["span"],
+          "refine": steps["refine_action"]}
