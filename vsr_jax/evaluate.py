@@ -7,6 +7,7 @@ metrics.json, then publishes them into the workdir (metrics.json last).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -15,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vsr_jax import metrics as metrics_lib
+from vsr_jax import rollout
 from vsr_jax import workdir as workdir_lib
+from vsr_jax.agent import policy
 from vsr_jax.engine import encode
 from vsr_jax.engine.index import check_top_k
 from vsr_jax.progress import Progress
@@ -138,13 +141,27 @@ def _all_windows(scores: np.ndarray, n: int, top: int):
   return a[order], b[order], gain[order]
 
 
-def engine_single_shot(config, engine, params, split, index, *,
-                       name="engine_single_shot") -> RowResult:
-  """The engine alone: top-k retrieval with the original query, grounding by frame scores."""
+@dataclasses.dataclass
+class EngineLists:
+  """The engine's top-k for given query vectors, grounded by frame-query similarity."""
+  scores: np.ndarray        # [Q, k]
+  ids: np.ndarray           # [Q, k]
+  ranks: np.ndarray         # [Q]
+  times: np.ndarray         # [Q, k, 2] seconds
+  gt_frame_scores: np.ndarray  # [Q, F] the query against the ground truth's frames
+  valid: np.ndarray         # [Q, k] False where ScaNN listed fewer than k videos
+
+  def vcmr(self):
+    """Per query [n, 4] rows (video, start, end, score), best first."""
+    return [np.column_stack([self.ids[i], self.times[i], self.scores[i]])[self.valid[i]]
+            for i in range(len(self.ids))]
+
+
+def engine_lists(config, engine, params, split, index, q: np.ndarray) -> EngineLists:
+  """Top-k (eval.tvr_top_k) videos for query vectors q [Q, E], each with its best window."""
   k = min(config.eval.tvr_top_k, split.num_videos)
   check_top_k(k, split.num_videos, "eval.tvr_top_k")
   batch = config.eval.batch_size
-  q = encode.encode_queries(engine, params, split.tokens, batch)
   frame_fn = jax.jit(lambda p, f: engine.apply({"params": p}, f,
                                                method=type(engine).frame_vectors))
 
@@ -165,6 +182,8 @@ def engine_single_shot(config, engine, params, split, index, *,
     sl = slice(start, start + batch)
     s, i, r = jax.device_get(search(index, q[sl], split.video_index[sl]))
     top_scores[sl], top_ids[sl], ranks[sl] = s, i, r
+  valid = top_ids >= 0                       # ScaNN may list fewer than k
+  safe_ids = np.where(valid, top_ids, 0)
   # Per-frame engine vectors of the whole corpus, for grounding by frame-query similarity.
   fv = np.concatenate([np.asarray(frame_fn(params, split.features[j:j + batch]))
                        for j in range(0, split.num_videos, batch)])
@@ -174,26 +193,117 @@ def engine_single_shot(config, engine, params, split, index, *,
   progress = Progress("ground top-k videos", Q, "queries", config.log.progress_seconds)
   for start in range(0, Q, sub):
     sl = slice(start, start + sub)
-    ids = top_ids[sl]
+    ids = safe_ids[sl]
     a, b = ground(q[sl], fv[ids], split.num_frames[ids])
     starts[sl], ends[sl] = np.asarray(a), np.asarray(b)
     progress.update(min(start + sub, Q))
   if config.eval.grounding == "whole_video":
     starts[:] = 0
-    ends = split.num_frames[top_ids] - 1
-  spf = split.frame_seconds[top_ids]
-  times = np.stack([starts * spf, np.minimum((ends + 1) * spf, split.durations[top_ids])], -1)
-  vcmr = [np.column_stack([top_ids[i], times[i], top_scores[i]]) for i in range(Q)]
-  # SVMR: ranked windows inside the ground-truth video.
-  gt_fv = fv[split.video_index]
-  gt_scores = np.einsum("qe,qfe->qf", q, gt_fv)
-  svmr = []
-  for i in range(Q):
+    ends = split.num_frames[safe_ids] - 1
+  spf = split.frame_seconds[safe_ids]
+  times = np.stack([starts * spf, np.minimum((ends + 1) * spf, split.durations[safe_ids])], -1)
+  return EngineLists(top_scores, top_ids, ranks, times,
+                     np.einsum("qe,qfe->qf", q, fv[split.video_index]), valid)
+
+
+def _svmr_from_scores(split, window_scores_fn, k: int):
+  """Ranked windows inside each query's ground-truth video."""
+  out = []
+  for i in range(split.num_queries):
     v = int(split.video_index[i])
-    a, b, g = _all_windows(gt_scores[i], int(split.num_frames[v]), k)
+    a, b, g = window_scores_fn(i, int(split.num_frames[v]), k)
     sp = split.frame_seconds[v]
-    svmr.append(np.column_stack([np.full(len(a), v), a * sp,
-                                 np.minimum((b + 1) * sp, split.durations[v]), g]))
-  turn = Turn(rank=ranks, policy_rank=ranks, retrieved=top_ids[:, 0],
-              answer=np.ones(Q, bool), pred_time=times[:, 0])
-  return RowResult(name=name, orig_rank=ranks, turns=[turn], vcmr=vcmr, svmr=svmr, vr=vcmr)
+    out.append(np.column_stack([np.full(len(a), v), a * sp,
+                                np.minimum((b + 1) * sp, split.durations[v]), g]))
+  return out
+
+
+def engine_single_shot(config, engine, params, split, index, *,
+                       name="engine_single_shot") -> RowResult:
+  """The engine alone: top-k retrieval with the original query, grounding by frame scores."""
+  q = encode.encode_queries(engine, params, split.tokens, config.eval.batch_size)
+  lists = engine_lists(config, engine, params, split, index, q)
+  vcmr = lists.vcmr()
+  k = lists.ids.shape[1]
+  svmr = _svmr_from_scores(split, lambda i, n, top: _all_windows(lists.gt_frame_scores[i], n,
+                                                                  top), k)
+  Q = split.num_queries
+  turn = Turn(rank=lists.ranks, policy_rank=lists.ranks, retrieved=lists.ids[:, 0],
+              answer=np.ones(Q, bool), pred_time=lists.times[:, 0])
+  return RowResult(name=name, orig_rank=lists.ranks, turns=[turn], vcmr=vcmr, svmr=svmr,
+                   vr=vcmr)
+
+
+def _pad_batch(arrays, size: int):
+  real = len(arrays[0])
+  if real == size:
+    return arrays, real
+  return [np.concatenate([a, np.repeat(a[-1:], size - real, 0)]) for a in arrays], real
+
+
+def agent_row(config, name, agent, params, engine, engine_params, split, corpus, spec):
+  """Greedy episodes of an agent over the whole split, as a method row."""
+  batch = config.eval.batch_size
+  run = jax.jit(functools.partial(rollout.episode, agent, engine, spec=spec))
+  rng = jax.random.PRNGKey(0)
+  Q, T = split.num_queries, spec.turns
+  keep = ("retrieved", "rank", "policy_rank", "verdict", "pred_time")
+  per_turn = {k: [] for k in keep}
+  finals = []
+  progress = Progress(f"evaluate {name}", Q, "queries", config.log.progress_seconds)
+  for start in range(0, Q, batch):
+    (tokens, gt), real = _pad_batch([split.tokens[start:start + batch],
+                                     split.video_index[start:start + batch]], batch)
+    steps = jax.device_get(run(params, engine_params, corpus, tokens, gt, rng))
+    for k in keep:
+      per_turn[k].append(steps[k][:, :real])
+    finals.append(steps["final_query"][:real])
+    progress.update(min(start + batch, Q))
+  per_turn = {k: np.concatenate(v, 1) for k, v in per_turn.items()}
+  turns = [Turn(rank=per_turn["rank"][t], policy_rank=per_turn["policy_rank"][t],
+                retrieved=per_turn["retrieved"][t],
+                answer=per_turn["verdict"][t] == policy.MATCHED,
+                pred_time=per_turn["pred_time"][t]) for t in range(T)]
+  # TVR lists: the engine's top-k under the final query; the agent's own answer (its final
+  # video with its span) goes first.
+  lists = engine_lists(config, engine, engine_params, split, corpus.index,
+                       np.concatenate(finals))
+  final = turns[-1]
+  vcmr = []
+  for i, rows in enumerate(lists.vcmr()):
+    own = rows[:, 0] == final.retrieved[i]
+    top = rows[0, 3] + 1.0 if len(rows) else 1.0
+    head = np.array([[final.retrieved[i], *final.pred_time[i], top]])
+    vcmr.append(np.concatenate([head, rows[~own]])[:len(rows)])
+  svmr = _agent_svmr(config, agent, params, engine, engine_params, split, lists.ids.shape[1])
+  return RowResult(name=name, orig_rank=turns[0].rank, turns=turns, vcmr=vcmr, svmr=svmr,
+                   vr=vcmr)
+
+
+def _agent_svmr(config, agent, params, engine, engine_params, split, k: int):
+  """The agent's top-k spans inside each query's ground-truth video (its span head)."""
+  batch = config.eval.batch_size
+
+  @jax.jit
+  def spans(tokens, frames, nf):
+    q = engine.apply({"params": engine_params}, tokens, method=type(engine).encode_text)
+    view = rollout.engine_view(agent, engine, engine_params, frames, q)
+    out = agent.apply({"params": params}, tokens, frames, nf, num_latents=0, mode="greedy",
+                      sigma=1.0, method=policy.Agent.act, **view)
+    lp = jax.nn.log_softmax(out["span"].reshape(tokens.shape[0], -1))
+    return jax.lax.top_k(lp, k)
+
+  Q, F = split.num_queries, split.features.shape[1]
+  scores, flat = np.zeros((Q, k), np.float32), np.zeros((Q, k), np.int32)
+  for start in range(0, Q, batch):
+    vid = split.video_index[start:start + batch]
+    (tokens, frames, nf), real = _pad_batch(
+        [split.tokens[start:start + batch], split.features[vid], split.num_frames[vid]], batch)
+    s, f = jax.device_get(spans(tokens, frames, nf))
+    scores[start:start + real], flat[start:start + real] = s[:real], f[:real]
+
+  def windows(i, n, top):
+    ok = np.isfinite(scores[i])          # spans outside the video have probability 0
+    return flat[i][ok] // F, flat[i][ok] % F, scores[i][ok]
+
+  return _svmr_from_scores(split, windows, k)

@@ -55,6 +55,15 @@ class EpisodeConfig:
   mode: str            # greedy | sample | forced
 
 
+def engine_view(agent: Agent, engine: DualEncoder, engine_params, frames, query_vec) -> dict:
+  """The frozen engine's frame vectors and the query vector, for agents that read them."""
+  if not agent.engine_dim:
+    return {}
+  fv = engine.apply({"params": engine_params}, frames, method=DualEncoder.frame_vectors)
+  return {"engine_frames": jax.lax.stop_gradient(fv),
+          "query_vec": jax.lax.stop_gradient(query_vec)}
+
+
 def gaussian_logp(action, mean, sigma):
   """Per-latent log-probability as in the reference: -mean_d (a - mu)^2 / (2 sigma^2)."""
   return -jnp.mean(jnp.square(action - mean), axis=-1) / (2.0 * sigma ** 2)
@@ -67,13 +76,14 @@ def span_to_seconds(span_frames, frame_seconds, duration):
 
 
 def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corpus: Corpus,
-            tokens, gt, rng, spec: EpisodeConfig, forced=None):
+            tokens, gt, rng, spec: EpisodeConfig, forced=None, unrolled: bool = False):
   """Runs T turns for a batch. tokens [B, L] int; gt [B] ground-truth video (for ranks).
 
   forced (spec.mode == 'forced'): a recorded trajectory {'retrieved' [T, B], 'verdict' [T, B],
   'span' [T, B, 2], 'refine' [T, B, N, ...]} to replay without searching (the log-probs of
   another policy, e.g. GRPO's reference policy, on the same observations and actions).
   Returns a dict of [T, B, ...] arrays (state after each turn) and the action log-probs.
+  unrolled: a Python loop over the same turn function instead of lax.scan (for tests).
   """
   B = tokens.shape[0]
   T, N = spec.turns, spec.num_latents
@@ -90,10 +100,11 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
     else:   # replay: the recorded observations, no search
       vid, rank = f_t["retrieved"], jnp.zeros(B, jnp.int32)
     frames, nf = corpus.features[vid], corpus.num_frames[vid]
+    view = engine_view(agent, engine, engine_params, frames, q)
     key = jax.random.fold_in(rng, t)
     out = agent.apply({"params": agent_params}, tokens, frames, nf, num_latents=N,
                       mode=spec.mode, sigma=spec.sigma, rng=jax.random.fold_in(key, 0),
-                      forced=None if f_t is None else f_t["refine"], method=Agent.act)
+                      forced=None if f_t is None else f_t["refine"], method=Agent.act, **view)
     verify_lp = jax.nn.log_softmax(out["verify"])
     span_lp = jax.nn.log_softmax(out["span"].reshape(B, F * F))
     if spec.mode == "sample":
@@ -152,7 +163,15 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
       "query": q0,
   }
   carry = (q0, jnp.zeros(B, bool), init_record)
-  (q_final, _, _), steps = jax.lax.scan(turn, carry, jnp.arange(T))
+  if unrolled:
+    outs = []
+    for t in range(T):
+      carry, out = turn(carry, jnp.asarray(t))
+      outs.append(out)
+    q_final = carry[0]
+    steps = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+  else:
+    (q_final, _, _), steps = jax.lax.scan(turn, carry, jnp.arange(T))
   steps["orig_query"] = q0
   steps["final_query"] = q_final
   return steps

@@ -28,3 +28,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   """Leading axis split over 'data'."""
   return NamedSharding(mesh, P(DATA))
+
+
+def check_batch_sizes(config, mesh: Mesh) -> None:
+  """Every batch split along 'data' must divide evenly over the mesh's devices."""
+  for field in ("engine.train.batch_size", "sft.batch_size", "grpo.batch_size"):
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    if value % mesh.size:
+      raise ConfigError(f"config.{field}={value} must be divisible by the {mesh.size} devices "
+                        "of the mesh (config.mesh.data)")

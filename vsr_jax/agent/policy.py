@@ -72,6 +72,8 @@ class Agent(nn.Module):
   mlp_dim: int
   latent_dim: int        # the engine text tower's input width (soft tokens live there)
   refine: str = "sqr"    # sqr | hqr
+  engine_dim: int = 0    # > 0: also read the frozen engine's frame vectors and query vector
+  standardize: bool = True  # latents standardised per vector (sigma is then relative)
 
   def setup(self):
     init = nn.initializers.normal(0.02)
@@ -82,6 +84,17 @@ class Agent(nn.Module):
     self.special = self.param("special", init, (3, self.width))   # VERIFY, GROUND, REFINE
     self.frame_ln = nn.LayerNorm()
     self.frame_proj = nn.Dense(self.width)
+    # Local temporal context for the frame tokens (where an event starts and ends).
+    self.frame_conv = nn.Conv(self.width, kernel_size=(5,), padding="SAME",
+                              feature_group_count=self.width)
+    if self.engine_dim:
+      # What the search engine sees: its per-frame vectors, their similarity to the query
+      # vector searched with, and that vector (the agent and the engine share a family, as
+      # the reference's Qwen3-VL agent and Qwen3-VL-Embedding engine do).
+      self.engine_frame_ln = nn.LayerNorm()
+      self.engine_frame_proj = nn.Dense(self.width)
+      self.sim_proj = nn.Dense(self.width)
+      self.query_proj = nn.Dense(self.width)
     self.blocks = [Block(self.heads, self.mlp_dim, name=f"block{i}") for i in range(self.depth)]
     self.ln_out = nn.LayerNorm()
     self.verify_head = nn.Dense(2)
@@ -99,17 +112,40 @@ class Agent(nn.Module):
     self.word_head = nn.Dense(self.vocab_size)
 
   # ------------------------------------------------------------------ prefix
-  def prefix(self, tokens, frames, num_frames):
-    """tokens [B, L], frames [B, F, D], num_frames [B] -> hidden [B, P, H], cache, mask."""
+  def prefix_inputs(self, tokens, frames, num_frames, engine_frames=None, query_vec=None):
+    """The prefix's input embeddings x [B, P, H] and its validity mask [B, P]."""
     B, L = tokens.shape
     F = frames.shape[1]
     sp = jnp.broadcast_to(self.special, (B, 3, self.width))
     words = self.word_embed(tokens) + self.query_pos[:L]
     frames = self.frame_proj(self.frame_ln(frames)) + self.frame_pos[:F]
+    if self.engine_dim:
+      if engine_frames is None or query_vec is None:
+        raise ValueError("this agent reads the engine's view (agent.engine_inputs=True): "
+                         "pass engine_frames [B, F, E] and query_vec [B, E]")
+      unit = engine_frames * jax.lax.rsqrt(
+          jnp.maximum(jnp.sum(jnp.square(engine_frames), -1, keepdims=True), 1e-12))
+      sim = jnp.einsum("bfe,be->bf", unit, query_vec)[..., None]
+      frames = frames + self.engine_frame_proj(self.engine_frame_ln(engine_frames)) + \
+          self.sim_proj(sim)
+      sp = sp.at[:, 0].add(self.query_proj(query_vec))
+    frame_ok = jnp.arange(F)[None] < num_frames[:, None]
+    # Zero the padding first: the convolution must not read frames past the video's end.
+    frames = jnp.where(frame_ok[..., None], frames, 0.0)
+    frames = frames + self.frame_conv(frames)
     x = jnp.concatenate([sp[:, :1], words, sp[:, 1:2], frames, sp[:, 2:]], axis=1)
     valid = jnp.concatenate([
-        jnp.ones((B, 1), bool), tokens != PAD, jnp.ones((B, 1), bool),
-        jnp.arange(F)[None] < num_frames[:, None], jnp.ones((B, 1), bool)], axis=1)
+        jnp.ones((B, 1), bool), tokens != PAD, jnp.ones((B, 1), bool), frame_ok,
+        jnp.ones((B, 1), bool)], axis=1)
+    return x, valid
+
+  def prefix(self, tokens, frames, num_frames, engine_frames=None, query_vec=None):
+    """tokens [B, L], frames [B, F, D], num_frames [B] -> hidden [B, P, H], cache, mask.
+
+    engine_frames [B, F, E], query_vec [B, E]: the frozen engine's view (when engine_dim > 0).
+    """
+    B = tokens.shape[0]
+    x, valid = self.prefix_inputs(tokens, frames, num_frames, engine_frames, query_vec)
     mask = valid[:, None, :] & jnp.ones((B, x.shape[1], 1), bool)
     cache = []
     for block in self.blocks:
@@ -142,8 +178,17 @@ class Agent(nn.Module):
     return self.ln_out(x)[:, 0], new_cache
 
   def to_latent(self, h):
-    """refine_projector: hidden [B, H] -> latent [B, latent_dim]."""
-    return self.refine_out(nn.gelu(self.refine_ln(self.refine_in(h))))
+    """refine_projector: hidden [B, H] -> latent [B, latent_dim], standardised per vector.
+
+    Standardising (zero mean, unit variance, no parameters) fixes the latents' scale, so that
+    the Gaussian policy's sigma is a relative perturbation (the reference's latents have the
+    scale an LLM's norms give them). Zero stays exactly zero: a fresh refiner changes nothing.
+    """
+    z = self.refine_out(nn.gelu(self.refine_ln(self.refine_in(h))))
+    if not self.standardize:
+      return z
+    z = z - z.mean(-1, keepdims=True)
+    return z * jax.lax.rsqrt(jnp.mean(jnp.square(z), -1, keepdims=True) + 1e-6)
 
   def latent_input(self, z):
     """latent_input_projector: latent -> the agent's input space."""
@@ -160,8 +205,8 @@ class Agent(nn.Module):
     return self.word_embed(token)
 
   def act(self, tokens, frames, num_frames, *, num_latents: int, mode: str, sigma: float,
-          rng=None, forced=None):
-    """One turn's policy outputs for a batch.
+          rng=None, forced=None, engine_frames=None, query_vec=None):
+    """One turn's policy outputs for a batch (engine_frames, query_vec: see `prefix`).
 
     mode: greedy (latents = their means, argmax words), sample (Gaussian latents of std
     `sigma` around the means; words from the categorical), forced (replay `forced` actions:
@@ -169,7 +214,7 @@ class Agent(nn.Module):
     Returns verify [B, 2] and span [B, F, F] logits and, for the N refinement positions,
     SQR: mean [B, N, Dl] and action [B, N, Dl]; HQR: logits [B, N, V] and words [B, N].
     """
-    hidden, cache, valid = self.prefix(tokens, frames, num_frames)
+    hidden, cache, valid = self.prefix(tokens, frames, num_frames, engine_frames, query_vec)
     verify, span = self.heads_out(hidden, num_frames, tokens.shape[1])
     out = {"verify": verify, "span": span}
     h = hidden[:, -1]
@@ -214,7 +259,12 @@ class Agent(nn.Module):
 
   def __call__(self, tokens, frames, num_frames):
     """Initialisation path: touches every parameter."""
-    hidden, cache, valid = self.prefix(tokens, frames, num_frames)
+    engine_frames = query_vec = None
+    if self.engine_dim:
+      B, F = frames.shape[:2]
+      engine_frames = jnp.ones((B, F, self.engine_dim), frames.dtype)
+      query_vec = jnp.ones((B, self.engine_dim), frames.dtype)
+    hidden, cache, valid = self.prefix(tokens, frames, num_frames, engine_frames, query_vec)
     verify, span = self.heads_out(hidden, num_frames, tokens.shape[1])
     z = self.to_latent(hidden[:, -1])
     h, _ = self.latent_step(self.latent_input(z), cache, valid, 0)
@@ -226,10 +276,20 @@ def build_agent(config, vocab_size: int, refine: str | None = None) -> Agent:
   return Agent(vocab_size=vocab_size, max_query_len=config.data.max_query_len,
                max_frames=config.data.max_frames, width=a.width, depth=a.depth, heads=a.heads,
                mlp_dim=a.mlp_dim, latent_dim=config.engine.text.width,
-               refine=refine or a.refine)
+               refine=refine or a.refine,
+               engine_dim=config.engine.embed_dim if a.engine_inputs else 0,
+               standardize=a.standardize_latents)
 
 
-def init_agent(agent: Agent, config, rng):
+def init_agent(agent: Agent, config, rng, engine_params=None):
+  """Fresh agent parameters; with `engine_params`, its word embeddings start from the engine's
+  (when the widths agree), as an agent starts from a pretrained model of the engine's family."""
   tokens = jnp.zeros((1, config.data.max_query_len), jnp.int32).at[:, 0].set(2)
   frames = jnp.zeros((1, config.data.max_frames, config.data.feature_dim), jnp.float32)
-  return agent.init(rng, tokens, frames, jnp.ones((1,), jnp.int32))["params"]
+  params = jax.jit(agent.init)(rng, tokens, frames, jnp.ones((1,), jnp.int32))["params"]
+  table = None if engine_params is None else (
+      engine_params.get("text", {}).get("token_embed", {}).get("embedding"))
+  if table is not None and table.shape == params["word_embed"]["embedding"].shape:
+    params = dict(params)
+    params["word_embed"] = {"embedding": jnp.asarray(table)}
+  return params

@@ -132,6 +132,9 @@ class Split:
   video_index: np.ndarray    # [Q] int32: ground-truth video
   times: np.ndarray          # [Q, 2] float32 seconds
   corrections: dict          # counted corrections made while loading
+  # Pre-extracted query features when the dataset has them ([L_i, Dq] per query, TVR style);
+  # the engine's text towers read `tokens`, not these.
+  query_features: list | None = None
 
   @property
   def num_videos(self) -> int:

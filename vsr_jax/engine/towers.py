@@ -6,6 +6,8 @@ slots, after the original query's token embeddings: zero soft tokens give exactl
 original query vector, so a freshly initialised refiner changes nothing, while any non-zero
 soft token flows through the whole frozen transformer (the word positions attend to the
 slots, and the word positions are pooled).
+engine/pretrained.py gives a frozen pretrained TextTower with the same contract
+(engine.text.kind='minilm'); `freeze` keeps its weights out of every optimizer update.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from vsr_jax.data.tokenizer import PAD
+
+# The params key of pretrained weights that no stage may change (engine/pretrained.py).
+FROZEN = "bert"
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-6) -> jax.Array:
@@ -142,14 +148,41 @@ class DualEncoder(nn.Module):
 
 def build_engine(config, vocab_size: int) -> DualEncoder:
   e = config.engine
+  video = VideoTower(hidden=e.video.hidden, depth=e.video.depth, embed_dim=e.embed_dim)
+  if e.text.kind == "minilm":
+    from vsr_jax.engine import pretrained   # imports this module: deferred
+    text = pretrained.build_tower(config, pretrained.model_dir(e.text.pretrained_dir))
+    if text.vocab_size != vocab_size:
+      raise ValueError(f"the pretrained text tower has {text.vocab_size} tokens, the "
+                       f"tokenizer {vocab_size}: the data was not tokenised with its tokenizer")
+    return DualEncoder(text=text, video=video)
   text = TextTower(vocab_size=vocab_size, max_len=config.data.max_query_len,
                    width=e.text.width, depth=e.text.depth, heads=e.text.heads,
                    mlp_dim=e.text.mlp_dim, num_slots=e.text.num_slots, embed_dim=e.embed_dim)
-  video = VideoTower(hidden=e.video.hidden, depth=e.video.depth, embed_dim=e.embed_dim)
   return DualEncoder(text=text, video=video)
 
 
 def init_engine(engine: DualEncoder, config, rng: jax.Array):
   tokens = jnp.zeros((1, config.data.max_query_len), jnp.int32).at[:, 0].set(2)
   feats = jnp.zeros((1, config.data.max_frames, config.data.feature_dim), jnp.float32)
+  if hasattr(engine.text, "model_dir"):   # a pretrained text tower: its real weights
+    from vsr_jax.engine import pretrained
+    # Jitted: an eager init would run BERT op by op (seconds).
+    params = jax.jit(engine.init)(rng, tokens, feats, jnp.ones((1,), jnp.int32))["params"]
+    return dict(params, text=pretrained.load_into(engine.text, params["text"]))
   return engine.init(rng, tokens, feats, jnp.ones((1,), jnp.int32))["params"]
+
+
+def freeze(tx: optax.GradientTransformation, params) -> optax.GradientTransformation:
+  """tx for the trainable leaves, zero updates for pretrained weights (under FROZEN).
+
+  Their gradients are already zero (stop_gradient in the module); this keeps weight decay
+  from moving them too. Returns tx itself when nothing is frozen (the optimizer state of a
+  from-scratch engine is unchanged).
+  """
+  labels = jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if any(getattr(k, "key", None) == FROZEN for k in path)
+      else "train", params)
+  if "frozen" not in jax.tree.leaves(labels):
+    return tx
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

@@ -6,8 +6,14 @@ Advantage estimators and loss aggregations are registered functions chosen by na
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import optax
+
+from vsr_jax import rollout
+from vsr_jax.objectives import rewards
 
 
 # ------------------------------------------------------------------ advantages: r [G, B]
@@ -99,3 +105,56 @@ def episode_actions(steps, ref_steps):
   ref = jnp.concatenate([p[1] for p in parts], 1)
   mask = jnp.concatenate([p[2] for p in parts], 1).astype(jnp.float32)
   return logp, ref, mask
+
+
+# ------------------------------------------------------------------ the stage-2 objective
+
+def optimizer(cfg):
+  """AdamW, constant learning rate after a linear warm-up, global-norm clipping."""
+  schedule = optax.join_schedules(
+      [optax.linear_schedule(0.0, cfg.learning_rate, max(1, cfg.warmup_steps)),
+       optax.constant_schedule(cfg.learning_rate)], [max(1, cfg.warmup_steps)])
+  return optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm),
+                     optax.adamw(schedule, weight_decay=cfg.weight_decay))
+
+
+def grpo_loss(agent, engine, params, ref_params, engine_params, corpus, batch, rng, spec, cfg):
+  """One GRPO objective over G sampled episodes per query (vmap over the group).
+
+  The episodes are sampled with `params` (one update per batch of rollouts, so the old
+  policy's log-probs are these, held fixed); the reference policy's log-probs replay the same
+  trajectories. Returns (loss, metrics).
+  """
+  G = cfg.group_size
+  tokens, gt = batch["tokens"], batch["gt"]
+
+  def sample(key):
+    return rollout.episode(agent, engine, params, engine_params, corpus, tokens, gt, key, spec)
+
+  steps = jax.vmap(sample)(jax.random.split(rng, G))                     # [G, T, B, ...]
+  forced_spec = dataclasses.replace(spec, mode="forced")
+
+  def replay(forced):
+    return rollout.episode(agent, engine, ref_params, engine_params, corpus, tokens, gt, rng,
+                           forced_spec, forced=forced)
+
+  ref_steps = jax.vmap(replay)(rollout.forced_actions(steps))
+  reward, parts = jax.vmap(lambda s: rewards.total_reward(s, batch, cfg))(steps)   # [G, B]
+  adv = ADVANTAGES[cfg.advantage](reward)
+  logp, ref_logp, mask = jax.vmap(episode_actions)(steps, ref_steps)             # [G, B, A]
+  ref_logp = jax.lax.stop_gradient(ref_logp)
+  losses = action_losses(logp, jax.lax.stop_gradient(logp), ref_logp, adv[..., None],
+                         epsilon=cfg.epsilon, beta=cfg.beta)
+  losses = jnp.where(mask > 0, losses, 0.0)
+  A = logp.shape[-1]
+  loss = AGGREGATIONS[cfg.aggregation](losses.reshape(-1, A), mask.reshape(-1, A), A)
+  final_rank = steps["rank"][:, -1]
+  metrics = {
+      "loss": loss, "reward": reward.mean(), "reward_std": jnp.std(reward, axis=0, ddof=1).mean(),
+      "kl": jnp.sum(jnp.where(mask > 0, k3_kl(logp, ref_logp), 0.0)) / jnp.maximum(
+          mask.sum(), 1.0),
+      "vr_r1": jnp.mean(final_rank == 1), "turns": jnp.mean(steps["active"].sum(1)),
+      "matched": jnp.mean(steps["verdict"][:, -1] == 0),
+  }
+  metrics.update({f"reward_{k}": v.mean() for k, v in parts.items()})
+  return loss, metrics

@@ -41,7 +41,7 @@ def _p_gt(query, batch, cfg):
   """Softmax probability of the positive among it and its hard negatives (= exp(-L_ret))."""
   keys = batch["ret_keys"]                                   # [B, 1 + K, E], positive first
   return jnp.exp(-info_nce(query, keys, jnp.zeros(query.shape[0], jnp.int32),
-                           cfg.temperature))
+                           cfg.temperature, allowed=batch.get("ret_valid")))
 
 
 def retrieval_exp_neg_ret(steps, batch, cfg):

@@ -17,9 +17,9 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from vsr_jax import rollout
 from vsr_jax.agent.policy import MATCHED, NOT_MATCHED, Agent
 from vsr_jax.engine.towers import DualEncoder
-from vsr_jax.objectives.contrastive import info_nce
 
 PROJECTORS = ("refine_in", "refine_ln", "refine_out", "latent_in_ln", "latent_in", "append_ln",
               "append")
@@ -41,13 +41,31 @@ def soft_tokens(agent: Agent, engine: DualEncoder, agent_params, engine_params, 
   return weights @ table
 
 
+def retrieval_loss(q, batch, temperature: float, corpus=None):
+  """InfoNCE of refined query vectors q [B, E] against the positive and its hard negatives
+  (batch['ret_keys'] [B, 1 + K, E], positive first; batch['ret_valid']) and, when given,
+  every video of the corpus [V, E] but the positive (batch['gt'] [B])."""
+  B = q.shape[0]
+  logits = jnp.einsum("be,bke->bk", q, batch["ret_keys"]) / temperature
+  logits = jnp.where(batch["ret_valid"], logits, -jnp.inf)
+  if corpus is not None:
+    extra = q @ corpus.T / temperature
+    extra = jnp.where(jnp.arange(corpus.shape[0])[None] == batch["gt"][:, None], -jnp.inf, extra)
+    logits = jnp.concatenate([logits, extra], 1)
+  loss = jax.nn.logsumexp(logits, 1) - logits[:, 0]
+  return loss, jnp.argmax(logits, 1) == 0
+
+
 def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, batch, cfg,
-             num_latents: int):
+             num_latents: int, corpus=None):
   """batch: tokens [B, L], frames [B, F, D], num_frames [B], matched [B], span [B, 2] frames,
-  ret_keys [B, 1 + K, E] (positive first), ret_valid [B, 1 + K]."""
+  ret_keys [B, 1 + K, E] (positive first), ret_valid [B, 1 + K], gt [B] (video ids).
+  corpus [V, E]: the train corpus' video vectors, extra negatives of L_ret (or None)."""
+  q0 = engine.apply({"params": engine_params}, batch["tokens"], method=DualEncoder.encode_text)
+  view = rollout.engine_view(agent, engine, engine_params, batch["frames"], q0)
   out = agent.apply({"params": agent_params}, batch["tokens"], batch["frames"],
                     batch["num_frames"], num_latents=num_latents, mode="greedy", sigma=1.0,
-                    method=Agent.act)
+                    method=Agent.act, **view)
   B, F = out["span"].shape[:2]
   matched = batch["matched"].astype(jnp.float32)
   label = jnp.where(batch["matched"], MATCHED, NOT_MATCHED)
@@ -66,14 +84,11 @@ def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, bat
     soft = soft_tokens(agent, engine, agent_params, engine_params, out)
     q = engine.apply({"params": engine_params}, batch["tokens"], soft,
                      method=DualEncoder.encode_text)
-    ret = info_nce(q, batch["ret_keys"], jnp.zeros(B, jnp.int32), cfg.temperature,
-                   allowed=batch["ret_valid"])
+    ret, top1 = retrieval_loss(q, batch, cfg.temperature, corpus)
     refined = 1.0 - matched
     loss = loss + cfg.ret_weight * jnp.mean(ret * refined)
     metrics["ret_loss"] = jnp.sum(ret * refined) / jnp.maximum(refined.sum(), 1.0)
-    metrics["ret_r1"] = jnp.sum((jnp.argmax(jnp.einsum("be,bke->bk", q, batch["ret_keys"]) +
-                                            jnp.where(batch["ret_valid"], 0.0, -1e9), -1) == 0)
-                                * refined) / jnp.maximum(refined.sum(), 1.0)
+    metrics["ret_r1"] = jnp.sum(top1 * refined) / jnp.maximum(refined.sum(), 1.0)
   metrics["loss"] = loss
   return loss, metrics
 
