@@ -74,7 +74,7 @@ class HostLoop:
     """Episodes of the queries qi together (one call per turn); returns final outcomes."""
     s = self.split
     tokens = s.tokens[qi]
-    q = np.asarray(self.original_query(tokens))
+    q = np.array(self.original_query(tokens))      # writable: refined rows replace it
     done = np.zeros(len(qi), bool)
     retrieved = np.zeros(len(qi), np.int32)
     verdict = np.zeros(len(qi), np.int32)

@@ -30,7 +30,7 @@ flags.DEFINE_integer("num_queries", 2048, "Queries to search with.")
 flags.DEFINE_integer("k", 10, "Neighbours per query (recall@k).")
 flags.DEFINE_integer("batch", 256, "Queries per search call.")
 flags.DEFINE_integer("num_leaves", 2000, "ScaNN tree leaves.")
-flags.DEFINE_integer("leaves_to_search", 60, "ScaNN leaves searched per query.")
+flags.DEFINE_integer("leaves_to_search", 80, "ScaNN leaves searched per query.")
 flags.DEFINE_integer("reorder", 100, "ScaNN candidates re-scored exactly.")
 flags.DEFINE_integer("dims_per_block", 2, "ScaNN asymmetric-hashing dimensions per block.")
 flags.DEFINE_string("cache", "", "Where to keep the corpus vectors between runs "

@@ -39,6 +39,17 @@ def test_base_config_validates():
     ({"eval.grounding": "oracle"}, "eval.grounding"),
     ({"mesh.data": "0"}, "mesh.data"),
     ({"data.fps": "0"}, "data.fps"),
+    ({"agent.num_latents": "65"}, "agent.num_latents"),
+    ({"agent.num_latents": "-1"}, "agent.num_latents"),
+    ({"agent.turns": "0"}, "agent.turns"),
+    ({"grpo.turns": "0"}, "grpo.turns"),
+    ({"grpo.group_size": "1"}, "grpo.group_size"),
+    ({"agent.sigma": "0"}, "agent.sigma"),
+    ({"agent.sigma": "-0.05"}, "agent.sigma"),
+    ({"sft.hard_pool_depth": "100000"}, "sft.hard_pool_depth"),   # > the train corpus
+    ({"grpo.advantage": "ppo"}, "grpo.advantage"),
+    ({"grpo.not_matched_iou": "2"}, "grpo.not_matched_iou"),
+    ({"engine.train.text_only_steps": "30"}, "engine.train.text_only_steps"),
 ])
 def test_bad_values_name_the_field(overrides, field):
     config = config_lib.load(SYNTHETIC + ":smoke", overrides)

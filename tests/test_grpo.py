@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from params import random_params
 
 from vsr_jax import config_lib, rollout
 from vsr_jax.agent import policy
@@ -173,16 +174,6 @@ def test_episode_actions_flattening_and_masks():
 # ------------------------------------------------------------------ grpo_loss end to end
 
 
-def random_params(shapes, seed):
-    rng = np.random.default_rng(seed)
-
-    def init(path, leaf):
-        noise = rng.standard_normal(leaf.shape).astype(np.float32)
-        if path[-1].key == "scale":
-            return jnp.asarray(1.0 + 0.05 * noise)
-        return jnp.asarray(0.1 * noise)
-
-    return jax.tree_util.tree_map_with_path(init, shapes)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from params import random_params
 
 from vsr_jax import config_lib
 from vsr_jax.agent import policy
@@ -22,17 +23,6 @@ B, L, F, N = 3, 8, 8, 3          # N >= 3: the cache then holds earlier latents'
 SIGMA = 0.05
 
 
-def random_params(shapes, seed):
-    """Random parameters of the right shapes: LayerNorm scales near 1, nothing exactly 0."""
-    rng = np.random.default_rng(seed)
-
-    def init(path, leaf):
-        noise = rng.standard_normal(leaf.shape).astype(np.float32)
-        if path[-1].key == "scale":
-            return jnp.asarray(1.0 + 0.05 * noise)
-        return jnp.asarray(0.1 * noise)
-
-    return jax.tree_util.tree_map_with_path(init, shapes)
 
 
 def make_inputs(seed=0, lengths=(3, 8, 5), num_frames=(5, 8, 1)):

@@ -43,8 +43,9 @@ def episode():
     return steps, batch
 
 
-def cfg(**weights):
-    return ml_collections.ConfigDict({"temperature": TAU, "rewards": weights})
+def cfg(not_matched_iou=0.5, **weights):
+    return ml_collections.ConfigDict({"temperature": TAU, "not_matched_iou": not_matched_iou,
+                                      "rewards": weights})
 
 
 def p_positive(deg):
@@ -72,6 +73,16 @@ def test_answer_with_no_turn_taken_is_zero():
 def test_grounding_iou():
     steps, batch = episode()
     np.testing.assert_allclose(rewards.grounding_iou(steps, batch, cfg()), IOU, rtol=1e-6)
+
+
+def test_grounding_credit_for_a_correct_not_matched_is_configurable():
+    """not_matched_iou = 0: an episode that ends without an answer earns no grounding reward."""
+    steps, batch = episode()
+    final_not_matched = np.asarray(steps["verdict"][-1]) != 0
+    got = np.asarray(rewards.grounding_iou(steps, batch, cfg(not_matched_iou=0.0)))
+    want = np.where(final_not_matched, 0.0, IOU)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert (np.asarray(IOU)[final_not_matched] == 0.5).any()    # the case is exercised
 
 
 def test_grounding_iou_degenerate_spans():

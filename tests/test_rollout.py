@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from params import random_params
 
 from vsr_jax import config_lib, rollout
 from vsr_jax.agent import policy
@@ -26,16 +27,6 @@ SAMPLE = rollout.EpisodeConfig(turns=3, num_latents=1, refine="sqr", sigma=0.05,
 RECORD = ("retrieved", "rank", "policy_rank", "verdict", "span", "pred_time", "query")
 
 
-def random_params(shapes, seed):
-    rng = np.random.default_rng(seed)
-
-    def init(path, leaf):
-        noise = rng.standard_normal(leaf.shape).astype(np.float32)
-        if path[-1].key == "scale":
-            return jnp.asarray(1.0 + 0.05 * noise)
-        return jnp.asarray(0.1 * noise)
-
-    return jax.tree_util.tree_map_with_path(init, shapes)
 
 
 def with_verify_bias(params, matched: bool):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from params import random_params
 from flax import traverse_util
 
 from vsr_jax import config_lib, train
@@ -20,16 +21,6 @@ SMOKE = os.path.join(REPO, "configs", "synthetic.py") + ":smoke"
 VOCAB = 40
 
 
-def random_params(shapes, seed):
-    rng = np.random.default_rng(seed)
-
-    def init(path, leaf):
-        noise = rng.standard_normal(leaf.shape).astype(np.float32)
-        if path[-1].key == "scale":
-            return jnp.asarray(1.0 + 0.05 * noise)
-        return jnp.asarray(0.1 * noise)
-
-    return jax.tree_util.tree_map_with_path(init, shapes)
 
 
 # ------------------------------------------------------------------ host-side data

@@ -169,3 +169,13 @@ def test_two_phase_engine_keeps_the_joint_video_tower(tmp_path):
            for a, b in zip(jax.tree.leaves(final["text"]), jax.tree.leaves(joint["text"]))]
   assert max(moved) > 1e-6
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["engine", "engine_text"]
+
+
+def test_stage_two_without_a_stage_one_checkpoint_is_refused_before_compiling(tmp_path,
+                                                                              monkeypatch):
+  calls = []
+  monkeypatch.setattr(train, "load_data", lambda *a, **k: calls.append(1))
+  config = smoke(stages="('engine', 'grpo')")
+  with pytest.raises(workdir_lib.WorkdirError, match=r"checkpoints/sft holds no checkpoint"):
+    train.train_and_evaluate(config, str(tmp_path / "g"))
+  assert not calls                      # nothing was generated, trained or compiled

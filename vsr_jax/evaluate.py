@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vsr_jax import metrics as metrics_lib
-from vsr_jax import rollout
+from vsr_jax import rollout, sharding
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
 from vsr_jax.engine import encode
@@ -241,10 +241,16 @@ def _pad_batch(arrays, size: int):
   return [np.concatenate([a, np.repeat(a[-1:], size - real, 0)]) for a in arrays], real
 
 
-def agent_row(config, name, agent, params, engine, engine_params, split, corpus, spec):
-  """Greedy episodes of an agent over the whole split, as a method row."""
+def agent_row(config, name, agent, params, engine, engine_params, split, corpus, spec,
+              mesh=None):
+  """Greedy episodes of an agent over the whole split, as a method row.
+
+  mesh: the episode's batch is split over its 'data' axis (parameters and corpus replicated).
+  """
   batch = config.eval.batch_size
   run = jax.jit(functools.partial(rollout.episode, agent, engine, spec=spec))
+  place = (lambda x: x) if mesh is None else functools.partial(
+      jax.device_put, device=sharding.batch_sharded(mesh))
   rng = jax.random.PRNGKey(0)
   Q, T = split.num_queries, spec.turns
   keep = ("retrieved", "rank", "policy_rank", "verdict", "pred_time")
@@ -254,7 +260,7 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
   for start in range(0, Q, batch):
     (tokens, gt), real = _pad_batch([split.tokens[start:start + batch],
                                      split.video_index[start:start + batch]], batch)
-    steps = jax.device_get(run(params, engine_params, corpus, tokens, gt, rng))
+    steps = jax.device_get(run(params, engine_params, corpus, place(tokens), place(gt), rng))
     for k in keep:
       per_turn[k].append(steps[k][:, :real])
     finals.append(steps["final_query"][:real])

@@ -32,7 +32,8 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_batch_sizes(config, mesh: Mesh) -> None:
   """Every batch split along 'data' must divide evenly over the mesh's devices."""
-  for field in ("engine.train.batch_size", "sft.batch_size", "grpo.batch_size"):
+  for field in ("engine.train.batch_size", "sft.batch_size", "grpo.batch_size",
+                "eval.batch_size"):
     value = config
     for part in field.split("."):
       value = value[part]

@@ -106,9 +106,10 @@ def run_stage(stage: Stage, config, workdir: str, mesh, writer) -> train_state.T
     if done % config.log.every_steps == 0 or done == stage.steps:
       for term, value in metrics.items():
         writer.add_scalar(f"{stage.name}/{term}", float(value), done)
-      progress.update(done, " ".join(f"{k} {float(v):.3f}" for k, v in sorted(metrics.items())
-                                     if k in ("loss", "reward", "batch_r1", "verify_acc",
-                                              "ret_r1", "vr_r1")))
+    # Every step: the line itself appears at most every log.progress_seconds.
+    progress.update(done, " ".join(f"{k} {float(v):.3f}" for k, v in sorted(metrics.items())
+                                   if k in ("loss", "reward", "batch_r1", "verify_acc",
+                                            "ret_r1", "vr_r1")))
     if done % config.checkpoint.every_steps == 0 or done == stage.steps:
       ckpt.save(done, state, stage.description,
                 extra=stage.extra_fn() if stage.extra_fn else None)
@@ -450,7 +451,7 @@ def _evaluate_all(config, workdir: str, models: Models, split, mesh) -> dict:
     spec = episode_config(config, turns=turns or config.agent.turns, mode="greedy",
                           refine=agent.refine)
     rows.append(evaluate.agent_row(config, row, agent, params, engine, engine_params, split,
-                                   corpus, spec))
+                                   corpus, spec, mesh=mesh))
   all_metrics = evaluate.write_outputs(workdir, rows, split)
   print(evaluate.format_table(all_metrics), flush=True)
   return all_metrics

@@ -30,11 +30,12 @@ def answer(steps, batch, cfg):
 
 
 def grounding_iou(steps, batch, cfg):
-  """IoU of the final span when correctly matched; 0.5 for a correct final not_matched; else 0."""
+  """IoU of the final span when correctly matched; cfg.not_matched_iou (the reference: 0.5) for
+  a correct final not_matched; 0 when the final verdict is wrong."""
   matched = steps["verdict"][-1] == MATCHED
   hit = steps["retrieved"][-1] == batch["gt"]
   iou = _iou(steps["pred_time"][-1], batch["gt_time"])
-  return jnp.where(matched & hit, iou, jnp.where(~matched & ~hit, 0.5, 0.0))
+  return jnp.where(matched & hit, iou, jnp.where(~matched & ~hit, cfg.not_matched_iou, 0.0))
 
 
 def _p_gt(query, batch, cfg):
