@@ -208,6 +208,9 @@ def test_forced_replay_reproduces_the_log_probs(setup, sampled):
         jax.eval_shape(lambda p: p, setup["params"]), 7), forced=forced)
     assert np.abs(other["verdict_logp"][act] - sampled["verdict_logp"][act]).max() > 1e-3
     assert np.abs(other["refine_logp"][act] - sampled["refine_logp"][act]).max() > 1e-3
+    # ...of the same observations: the recorded query vectors, not ones its own append
+    # projector would rebuild (the agent reads the query vector).
+    np.testing.assert_array_equal(other["query"][act], sampled["query"][act])
 
 
 # ------------------------------------------------------------------ exact vs ScaNN

@@ -157,6 +157,11 @@ class EngineLists:
             for i in range(len(self.ids))]
 
 
+# Grounding scores every frame of a corpus up to this size per query block (else gathers the
+# top-k videos' frames).
+SCORE_ALL_FRAMES = 1 << 22
+
+
 def engine_lists(config, engine, params, split, index, q: np.ndarray) -> EngineLists:
   """Top-k (eval.tvr_top_k) videos for query vectors q [Q, E], each with its best window."""
   k = min(config.eval.tvr_top_k, split.num_videos)
@@ -174,6 +179,13 @@ def engine_lists(config, engine, params, split, index, q: np.ndarray) -> EngineL
     s = jnp.einsum("be,bkfe->bkf", q, fv)
     return encode.best_window(s, nf)
 
+  @jax.jit
+  def ground_all(q, fv_flat, ids, nf):
+    """Scores against every frame of the corpus in one matmul, then the top-k videos' rows."""
+    s = (q @ fv_flat.T).reshape(q.shape[0], -1, F)
+    s = jnp.take_along_axis(s, jnp.broadcast_to(ids[:, :, None], ids.shape + (F,)), axis=1)
+    return encode.best_window(s, nf)
+
   Q = split.num_queries
   top_scores = np.zeros((Q, k), np.float32)
   top_ids = np.zeros((Q, k), np.int32)
@@ -189,12 +201,23 @@ def engine_lists(config, engine, params, split, index, q: np.ndarray) -> EngineL
                        for j in range(0, split.num_videos, batch)])
   starts = np.zeros((Q, k), np.int32)
   ends = np.zeros((Q, k), np.int32)
-  sub = max(1, (1 << 25) // (k * fv.shape[1] * fv.shape[2]))  # bounds the gathered block
+  V, F, E = fv.shape
+  # A corpus of up to 4M frames: score all of them per query block (one matmul, no copies);
+  # a larger one: gather the top-k videos' frames (memory bounded at any corpus size).
+  score_all = V * F <= SCORE_ALL_FRAMES
+  if score_all:
+    fv_flat = jnp.asarray(fv.reshape(V * F, E))
+    sub = max(1, (1 << 25) // (V * F))
+  else:
+    sub = max(1, (1 << 25) // (k * F * E))      # bounds the gathered block
   progress = Progress("ground top-k videos", Q, "queries", config.log.progress_seconds)
   for start in range(0, Q, sub):
     sl = slice(start, start + sub)
     ids = safe_ids[sl]
-    a, b = ground(q[sl], fv[ids], split.num_frames[ids])
+    if score_all:
+      a, b = ground_all(q[sl], fv_flat, ids, split.num_frames[ids])
+    else:
+      a, b = ground(q[sl], fv[ids], split.num_frames[ids])
     starts[sl], ends[sl] = np.asarray(a), np.asarray(b)
     progress.update(min(start + sub, Q))
   if config.eval.grounding == "whole_video":

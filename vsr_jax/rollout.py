@@ -79,8 +79,8 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
             tokens, gt, rng, spec: EpisodeConfig, forced=None, unrolled: bool = False):
   """Runs T turns for a batch. tokens [B, L] int; gt [B] ground-truth video (for ranks).
 
-  forced (spec.mode == 'forced'): a recorded trajectory {'retrieved' [T, B], 'verdict' [T, B],
-  'span' [T, B, 2], 'refine' [T, B, N, ...]} to replay without searching (the log-probs of
+  forced (spec.mode == 'forced'): a recorded trajectory {'retrieved' [T, B], 'query' [T, B, E],
+  'verdict' [T, B], 'span' [T, B, 2], 'refine' [T, B, N, ...]} to replay without searching (the log-probs of
   another policy, e.g. GRPO's reference policy, on the same observations and actions).
   Returns a dict of [T, B, ...] arrays (state after each turn) and the action log-probs.
   unrolled: a Python loop over the same turn function instead of lax.scan (for tests).
@@ -99,6 +99,9 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
       vid = ids[:, 0]
     else:   # replay: the recorded observations, no search
       vid, rank = f_t["retrieved"], jnp.zeros(B, jnp.int32)
+      # The recorded query vector too: another policy's append projector would rebuild a
+      # different one, and the log-probs must be of the same observations.
+      q = f_t["query"]
     frames, nf = corpus.features[vid], corpus.num_frames[vid]
     view = engine_view(agent, engine, engine_params, frames, q)
     key = jax.random.fold_in(rng, t)
@@ -179,5 +182,5 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
 
 def forced_actions(steps) -> dict:
   """The actions an episode took, in the form `episode(..., forced=)` replays."""
-  return {"retrieved": steps["retrieved"], "verdict": steps["verdict"], "span": steps["span"],
-          "refine": steps["refine_action"]}
+  return {"retrieved": steps["retrieved"], "query": steps["query"], "verdict": steps["verdict"],
+          "span": steps["span"], "refine": steps["refine_action"]}

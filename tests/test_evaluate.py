@@ -1,0 +1,42 @@
+"""Tests for vsr_jax.evaluate beyond the metrics (test_metrics.py) and the end-to-end rows
+(test_train.py): the engine's top-k lists and their grounding."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from vsr_jax import config_lib, evaluate, train
+from vsr_jax.engine import encode, index as index_lib, towers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "configs", "synthetic.py") + ":smoke"
+
+
+@pytest.fixture(scope="module")
+def lists_setup(tmp_path_factory):
+  config = config_lib.load(SMOKE)
+  workdir = str(tmp_path_factory.mktemp("eval"))
+  tokenizer, splits = train.load_data(config, workdir, splits=(config.data.eval_split,))
+  split = splits[config.data.eval_split]
+  engine = towers.build_engine(config, len(tokenizer))
+  params = jax.jit(lambda r: towers.init_engine(engine, config, r))(jax.random.key(0))
+  videos = encode.encode_videos(engine, params, split.features, split.num_frames, 32)
+  index = index_lib.ExactIndex.build(videos)
+  queries = encode.encode_queries(engine, params, split.tokens, 32)
+  return config, engine, params, split, index, queries
+
+
+def test_grounding_by_scoring_all_frames_equals_the_gather_path(lists_setup, monkeypatch):
+  config, engine, params, split, index, queries = lists_setup
+  all_frames = evaluate.engine_lists(config, engine, params, split, index, queries)
+  monkeypatch.setattr(evaluate, "SCORE_ALL_FRAMES", 0)
+  gathered = evaluate.engine_lists(config, engine, params, split, index, queries)
+  np.testing.assert_array_equal(all_frames.ids, gathered.ids)
+  np.testing.assert_array_equal(all_frames.times, gathered.times)
+  # Grounding is not trivial here: windows differ from whole videos.
+  whole = split.durations[all_frames.ids]
+  assert (all_frames.times[..., 1] - all_frames.times[..., 0] < whole - 1e-3).any()
+  assert (all_frames.times[..., 0] >= 0).all()
+  assert (all_frames.times[..., 1] <= whole + 1e-4).all()
