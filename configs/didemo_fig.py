@@ -3,18 +3,12 @@
   python -m vsr_jax.main --config=configs/didemo_fig.py[:preset] \
       --config.data.manual_dir=DIR --workdir=runs/didemo_fig
 
-Presets as configs/_real.py; files as vsr_jax/data/tfds/verified.py's instructions.
+Presets as vsr_jax/real_config.py; files as vsr_jax/data/tfds/verified.py's instructions.
 """
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "configs_real", os.path.join(os.path.dirname(__file__), "_real.py"))
-_real = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_real)
+from vsr_jax import real_config
 
 
 def get_config(arg=None):
   # DiDeMo videos are ~30 s; the reward weights are the defaults (METHOD.md §3).
-  return _real.real_config(arg, __file__, tfds_name="verified_fig/didemo", eval_split="test",
+  return real_config.real_config(arg, __file__, tfds_name="verified_fig/didemo", eval_split="test",
                            max_frames=64)

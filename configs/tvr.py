@@ -5,20 +5,14 @@
 
 Features: one HDF5 file keyed by vid_name, one row per 1.5 s clip (data.fps = 1 / 1.5),
 DIR/video_features.h5 by default (--config.data.tfds.video_features=NAME). Presets as
-configs/_real.py; files as vsr_jax/data/tfds/tvr.py's instructions.
+vsr_jax/real_config.py; files as vsr_jax/data/tfds/tvr.py's instructions.
 """
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "configs_real", os.path.join(os.path.dirname(__file__), "_real.py"))
-_real = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_real)
+from vsr_jax import real_config
 
 
 def get_config(arg=None):
-  c = _real.real_config(arg, __file__, tfds_name="tvr/default", eval_split="val",
-                        max_frames=96)   # TVR clips run 60-150 s: up to 100 1.5 s clips
+  c = real_config.real_config(arg, __file__, tfds_name="tvr/default", eval_split="val",
+                                     max_frames=96)   # TVR clips run 60-150 s: up to 100 1.5 s clips
   c.data.fps = 1 / 1.5
   c.data.tfds.video_features = "video_features.h5"
   return c

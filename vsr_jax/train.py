@@ -165,14 +165,18 @@ def _text_state(config, engine, text_params):
   return train_state.TrainState.create(apply_fn=engine.apply, params=params, tx=tx)
 
 
+# One compiled search per (index shape, k): a lambda jitted per call would compile again at
+# every mining round.
+_search = jax.jit(lambda index, q, k: index.search(q, k), static_argnums=2)
+
+
 def mine_hard_negatives(engine, params, split, top_k: int, batch: int) -> np.ndarray:
   """[Q, top_k] videos the current engine ranks highest for each caption, its own excluded."""
   videos = encode.encode_videos(engine, params, split.features, split.num_frames, batch)
   queries = encode.encode_queries(engine, params, split.tokens, batch)
   k = min(top_k + 1, split.num_videos)
   index = index_lib.ExactIndex.build(videos)
-  search = jax.jit(lambda ix, q: ix.search(q, k)[1])
-  ids = np.concatenate([np.asarray(search(index, queries[i:i + batch]))
+  ids = np.concatenate([np.asarray(_search(index, queries[i:i + batch], k)[1])
                         for i in range(0, len(queries), batch)])
   own = ids == split.video_index[:, None]
   keep = ~own
@@ -307,8 +311,8 @@ def engine_retrieval(config, engine, engine_params, split, depth: int) -> Retrie
   videos = encode.encode_videos(engine, engine_params, split.features, split.num_frames, b)
   queries = encode.encode_queries(engine, engine_params, split.tokens, b)
   index = index_lib.ExactIndex.build(videos)
-  search = jax.jit(lambda ix, q: ix.search(q, depth))
-  out = [jax.device_get(search(index, queries[i:i + b])) for i in range(0, len(queries), b)]
+  out = [jax.device_get(_search(index, queries[i:i + b], depth))
+         for i in range(0, len(queries), b)]
   gt_score = np.einsum("qe,qe->q", queries, videos[split.video_index])
   return Retrieval(videos, queries, np.concatenate([o[1] for o in out]),
                    np.concatenate([o[0] for o in out]), gt_score)

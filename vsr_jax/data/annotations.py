@@ -85,8 +85,14 @@ def parse_row(row, where: str, counts: collections.Counter) -> Moment:
   return Moment(desc_id, video, start, end, duration, query.strip(), coarse.strip())
 
 
-def read_verified(path: str) -> tuple[list[Moment], collections.Counter]:
-  """Reads a VERIFIED annotation file; returns the moments and the corrections made."""
+def read_moments(path: str, parse, error=None) -> tuple[list[Moment], collections.Counter]:
+  """Reads an annotation JSONL file row by row with parse(row, where, counts) -> Moment.
+
+  Blank lines are skipped; a line that is not JSON, a repeated desc_id or an empty file raise
+  `error` (default AnnotationError) naming the file and line. Returns the moments in file
+  order and the corrections parse counted, plus 'rows'.
+  """
+  error = error or AnnotationError
   counts = collections.Counter()
   moments, seen = [], {}
   with open(path, encoding="utf-8") as f:
@@ -97,18 +103,23 @@ def read_verified(path: str) -> tuple[list[Moment], collections.Counter]:
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        raise AnnotationError(
+        raise error(
             f"{where}: not valid JSON ({e.msg} at column {e.colno}); is the line truncated?"
         ) from None
-      moment = parse_row(row, where, counts)
+      moment = parse(row, where, counts)
       if moment.desc_id in seen:
-        raise AnnotationError(
+        raise error(
             f"{where}: desc_id {moment.desc_id} already used on line {seen[moment.desc_id]}")
       seen[moment.desc_id] = lineno
       moments.append(moment)
   if not moments:
-    raise AnnotationError(f"{path}: no annotation rows")
+    raise error(f"{path}: no annotation rows")
   for what, n in sorted(counts.items()):
     logging.info("%s: %s in %d of %d rows", path, what.replace("_", " "), n, len(moments))
   counts["rows"] = len(moments)
   return moments, counts
+
+
+def read_verified(path: str) -> tuple[list[Moment], collections.Counter]:
+  """Reads a VERIFIED annotation file; returns the moments and the corrections made."""
+  return read_moments(path, parse_row)

@@ -10,7 +10,6 @@ release's own index of the corpus; a row whose `duration` differs is counted.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import math
@@ -112,29 +111,9 @@ def read_video2dur(path: str, split: str) -> dict:
 
 def read_tvr(path: str, durations: dict, dur_path: str):
   """Reads a TVR annotation file -> (moments in file order, Counter of corrections)."""
-  counts = collections.Counter()
-  moments, seen = [], {}
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise builder_lib.BuildError(
-            f"{where}: not valid JSON ({e.msg} at column {e.colno}); is the line truncated?"
-        ) from None
-      moment = parse_row(row, where, durations, dur_path, counts)
-      if moment.desc_id in seen:
-        raise builder_lib.BuildError(
-            f"{where}: desc_id {moment.desc_id} already used on line {seen[moment.desc_id]}")
-      seen[moment.desc_id] = lineno
-      moments.append(moment)
-  if not moments:
-    raise builder_lib.BuildError(f"{path}: no annotation rows")
-  counts["rows"] = len(moments)
-  return moments, counts
+  return annotations.read_moments(
+      path, lambda row, where, counts: parse_row(row, where, durations, dur_path, counts),
+      error=builder_lib.BuildError)
 
 
 class Tvr(builder_lib.VcmrBuilder):

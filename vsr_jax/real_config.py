@@ -1,5 +1,5 @@
-"""Shared by the real-benchmark configs (charades_fig, didemo_fig, activitynet_fig, tvr): not a
-config itself. Presets:
+"""The shared base of the real-benchmark configs (configs/charades_fig.py, didemo_fig.py,
+activitynet_fig.py, tvr.py). Presets:
 
   default        the from-scratch text tower (engine.text.kind='scratch')
   minilm         the frozen pretrained encoder (all-MiniLM-L6-v2) as the engine's text tower
