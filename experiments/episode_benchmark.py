@@ -109,14 +109,14 @@ def main(_):
   agents = train._agents(config, len(tokenizer))
   agent = agents[FLAGS.stage]
   state = train._sft_state(config, agent)
-  description = train.agent_description(config, len(tokenizer), agent.refine)
+  description = train.agent_description(config, len(tokenizer), agent.refine,
+                                        "grpo" if FLAGS.stage == "grpo" else "sft")
   steps = config.sft.steps
   if FLAGS.stage == "grpo":
     from vsr_jax.objectives import grpo
     from flax.training import train_state
     state = train_state.TrainState.create(apply_fn=agent.apply, params=state.params,
                                           tx=grpo.optimizer(config.grpo))
-    description |= {"grpo": config_lib.to_dict(config.grpo)}
     steps = config.grpo.steps
   params = train.restore_params(config, FLAGS.workdir, FLAGS.stage, state, description, steps)
   videos = encode.encode_videos(engine, engine_params, split.features, split.num_frames, 256)

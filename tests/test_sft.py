@@ -103,6 +103,46 @@ def test_optimizer_uses_the_projector_rate_for_projectors_only():
     assert n_proj == 14               # kernel + bias / scale + bias of the seven projectors
 
 
+def test_retrieval_loss_counts_each_corpus_video_once_and_skips_near_ties():
+    rng = np.random.default_rng(4)
+    V, E = 7, 5
+    corpus = rng.standard_normal((V, E)).astype(np.float32)
+    corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+    q = rng.standard_normal((2, E)).astype(np.float32)
+    gt = np.array([2, 5])
+    ids = np.array([[2, 0, 4], [5, 1, 6]])            # positive first, then hard negatives
+    valid = np.array([[True, True, True], [True, True, False]])
+    batch = {"ret_keys": corpus[ids], "ret_ids": ids, "ret_valid": valid, "gt": gt}
+    # Original query vectors: for query 0, video 3 ties with the positive (ambiguous), video 6
+    # is 0.5 away; for query 1 nothing ties.
+    orig = np.zeros((2, E), np.float32)
+    orig[0] = corpus[2] + corpus[3]
+    orig[1] = corpus[5]
+    tau = 0.1
+    loss, _ = sft.retrieval_loss(jnp.asarray(q), batch, tau, jnp.asarray(corpus),
+                                 jnp.asarray(orig), 1e-3)
+    s0 = orig @ corpus.T
+    for b in range(2):
+        logits = corpus @ q[b] / tau
+        keep = np.zeros(V, bool)
+        keep[ids[b][valid[b]]] = True                   # the keys, once each
+        for v in range(V):                              # other videos unless near-tied
+            if not keep[v] and abs(s0[b, v] - s0[b, gt[b]]) >= 1e-3:
+                keep[v] = True
+        if b == 0:
+            assert abs(s0[0, 3] - s0[0, 2]) < 1e-3 and not keep[3]
+        # Query 1's invalid key (6) is still a corpus negative, counted once.
+        if b == 1:
+            assert keep[6]
+        want = np.log(np.exp(logits[keep]).sum()) - logits[gt[b]]
+        np.testing.assert_allclose(float(loss[b]), want, rtol=1e-5)
+    # Without the corpus: the keys alone.
+    alone, _ = sft.retrieval_loss(jnp.asarray(q), batch, tau)
+    logits = np.einsum("be,bke->bk", q, corpus[ids]) / tau
+    want = [np.log(np.exp(logits[b][valid[b]]).sum()) - logits[b, 0] for b in range(2)]
+    np.testing.assert_allclose(np.asarray(alone), want, rtol=1e-5)
+
+
 # ------------------------------------------------------------------ sft_loss
 
 
@@ -126,6 +166,8 @@ def loss_setup():
         "span": np.array([[1, 3], [4, 4], [5, 7], [2, 1]], np.int32),
         "ret_keys": keys / np.linalg.norm(keys, axis=-1, keepdims=True),
         "ret_valid": np.array([[1, 1, 1, 1], [1, 0, 1, 1], [1, 1, 0, 1], [1, 1, 1, 0]], bool),
+        "ret_ids": np.arange(B * (1 + K), dtype=np.int32).reshape(B, 1 + K),
+        "gt": np.arange(B, dtype=np.int32) * (1 + K),
     }
     return config, engine, engine_params, batch
 

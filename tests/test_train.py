@@ -120,15 +120,18 @@ def test_eval_without_checkpoint_is_an_error(tmp_path):
     train.evaluate_workdir(config, workdir)
 
 
-def test_checkpoint_of_an_incompatible_config_is_an_error(run, tmp_path):
-  """A workdir whose checkpoint was made with another engine: refused, naming the fields."""
+@pytest.mark.parametrize("field, value", [("engine.text.mlp_dim", 48),
+                                          ("sft.ret_weight", 0.5)])
+def test_checkpoint_of_an_incompatible_config_is_an_error(run, tmp_path, field, value):
+  """A workdir whose checkpoints were made with another engine, or agents trained with another
+  sft section (stage-1 and stage-2 checkpoints carry it): refused, naming the field."""
   workdir, _ = run
   other = str(tmp_path / "other")
   shutil.copytree(workdir, other)
-  config = smoke(**{"engine.text.mlp_dim": 48})
+  config = smoke(**{field: value})
   os.remove(os.path.join(other, "config.json"))
   workdir_lib.prepare(config, other, mode="train")
-  with pytest.raises(workdir_lib.WorkdirError, match="engine.text.mlp_dim"):
+  with pytest.raises(workdir_lib.WorkdirError, match=field):
     train.evaluate_workdir(config, other)
 
 

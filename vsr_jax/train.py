@@ -283,9 +283,12 @@ def restore_engine(config, workdir: str, engine) -> dict:
 
 # ------------------------------------------------------------------- stage 1 (SFT)
 
-def agent_description(config, vocab_size: int, refine: str) -> dict:
-  return {"agent": config_lib.to_dict(config.agent), "refine": refine, "vocab_size": vocab_size,
-          "engine": engine_description(config, vocab_size)}
+def agent_description(config, vocab_size: int, refine: str, stage: str = "sft") -> dict:
+  """What an agent checkpoint of `stage` (sft | grpo) must agree on to be restored: GRPO starts
+  from the stage-1 policy, so its checkpoints carry the sft section too."""
+  d = {"agent": config_lib.to_dict(config.agent), "refine": refine, "vocab_size": vocab_size,
+       "engine": engine_description(config, vocab_size), "sft": config_lib.to_dict(config.sft)}
+  return d | {"grpo": config_lib.to_dict(config.grpo)} if stage == "grpo" else d
 
 
 def _sft_state(config, agent, engine_params=None):
@@ -358,7 +361,8 @@ def sft_stage(config, name, agent, engine, engine_params, split, retrieval) -> S
     return {"tokens": split.tokens[qi], "frames": split.features[vid],
             "num_frames": split.num_frames[vid], "matched": vid == split.video_index[qi],
             "span": spans[qi], "gt": split.video_index[qi],
-            "ret_keys": retrieval.videos[key_ids[qi]], "ret_valid": key_valid[qi]}
+            "ret_keys": retrieval.videos[key_ids[qi]], "ret_ids": key_ids[qi],
+            "ret_valid": key_valid[qi]}
 
   corpus = jax.numpy.asarray(retrieval.videos) if cfg.corpus_negatives else None
   @functools.partial(jax.jit, donate_argnums=0)
@@ -408,8 +412,8 @@ def grpo_stage(config, agent, engine, engine_params, ref_params, split, retrieva
     return state.apply_gradients(grads=grads), metrics
 
   return Stage(name="grpo", steps=cfg.steps, state=state,
-               description=agent_description(config, engine.text.vocab_size, agent.refine) |
-               {"grpo": config_lib.to_dict(cfg)},
+               description=agent_description(config, engine.text.vocab_size, agent.refine,
+                                             "grpo"),
                step_fn=step_fn, batch_fn=batch_fn)
 
 
@@ -516,11 +520,9 @@ def evaluate_workdir(config, workdir: str) -> dict:
   for name in ("sft", "sft_hqr", "grpo"):
     if name in config.stages:
       agent = agents[name]
-      description = agent_description(config, len(tokenizer), agent.refine)
-      steps = config.sft.steps
-      if name == "grpo":
-        description |= {"grpo": config_lib.to_dict(config.grpo)}
-        steps = config.grpo.steps
+      description = agent_description(config, len(tokenizer), agent.refine,
+                                      "grpo" if name == "grpo" else "sft")
+      steps = config.grpo.steps if name == "grpo" else config.sft.steps
       state = train_state.TrainState.create(
           apply_fn=agent.apply, params=policy.init_agent(agent, config, jax.random.PRNGKey(0)),
           tx=grpo.optimizer(config.grpo) if name == "grpo" else sft.optimizer(config.sft))

@@ -41,17 +41,28 @@ def soft_tokens(agent: Agent, engine: DualEncoder, agent_params, engine_params, 
   return weights @ table
 
 
-def retrieval_loss(q, batch, temperature: float, corpus=None):
+def retrieval_loss(q, batch, temperature: float, corpus=None, orig=None, ambiguity: float = 0.0):
   """InfoNCE of refined query vectors q [B, E] against the positive and its hard negatives
   (batch['ret_keys'] [B, 1 + K, E], positive first; batch['ret_valid']) and, when given,
-  every video of the corpus [V, E] but the positive (batch['gt'] [B])."""
+  every other video of the corpus [V, E].
+
+  The corpus term leaves out the videos already among the keys (batch['ret_ids'] [B, 1 + K]:
+  the positive and the hard negatives, counted once) and, with the original query vectors
+  orig [B, E], the near-ties the hard-negative pool dropped (|orig.v - orig.v_gt| < ambiguity).
+  """
   B = q.shape[0]
   logits = jnp.einsum("be,bke->bk", q, batch["ret_keys"]) / temperature
   logits = jnp.where(batch["ret_valid"], logits, -jnp.inf)
   if corpus is not None:
     extra = q @ corpus.T / temperature
-    extra = jnp.where(jnp.arange(corpus.shape[0])[None] == batch["gt"][:, None], -jnp.inf, extra)
-    logits = jnp.concatenate([logits, extra], 1)
+    rows = jnp.arange(B)[:, None]
+    keyed = jnp.zeros(extra.shape, bool).at[rows, batch["ret_ids"]].max(batch["ret_valid"])
+    keyed = keyed.at[jnp.arange(B), batch["gt"]].set(True)
+    if orig is not None:
+      s0 = orig @ corpus.T
+      gt_s0 = jnp.take_along_axis(s0, batch["gt"][:, None], 1)
+      keyed = keyed | (jnp.abs(s0 - gt_s0) < ambiguity)
+    logits = jnp.concatenate([logits, jnp.where(keyed, -jnp.inf, extra)], 1)
   loss = jax.nn.logsumexp(logits, 1) - logits[:, 0]
   return loss, jnp.argmax(logits, 1) == 0
 
@@ -59,7 +70,7 @@ def retrieval_loss(q, batch, temperature: float, corpus=None):
 def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, batch, cfg,
              num_latents: int, corpus=None):
   """batch: tokens [B, L], frames [B, F, D], num_frames [B], matched [B], span [B, 2] frames,
-  ret_keys [B, 1 + K, E] (positive first), ret_valid [B, 1 + K], gt [B] (video ids).
+  ret_keys [B, 1 + K, E] (positive first), ret_ids and ret_valid [B, 1 + K], gt [B] (video ids).
   corpus [V, E]: the train corpus' video vectors, extra negatives of L_ret (or None)."""
   q0 = engine.apply({"params": engine_params}, batch["tokens"], method=DualEncoder.encode_text)
   view = rollout.engine_view(agent, engine, engine_params, batch["frames"], q0)
@@ -84,7 +95,7 @@ def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, bat
     soft = soft_tokens(agent, engine, agent_params, engine_params, out)
     q = engine.apply({"params": engine_params}, batch["tokens"], soft,
                      method=DualEncoder.encode_text)
-    ret, top1 = retrieval_loss(q, batch, cfg.temperature, corpus)
+    ret, top1 = retrieval_loss(q, batch, cfg.temperature, corpus, q0, cfg.ambiguity)
     refined = 1.0 - matched
     loss = loss + cfg.ret_weight * jnp.mean(ret * refined)
     metrics["ret_loss"] = jnp.sum(ret * refined) / jnp.maximum(refined.sum(), 1.0)
