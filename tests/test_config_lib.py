@@ -47,6 +47,10 @@ def test_load_default_and_presets():
     assert default.engine.train.fine_keep == 0.2
     assert fine.engine.train.fine_keep == 1.0
     assert fine.data.synthetic.train_videos == 4000
+    gap = config_lib.load(SYNTHETIC + ":query_gap")
+    assert (gap.engine.train.text_only_steps, gap.engine.train.fine_keep) == (300, 0.0)
+    assert gap.data.synthetic.train_videos == 12000
+    assert gap.agent.num_latents == default.agent.num_latents   # the agent is the default's
     # An explicit 'default' is the same as no preset.
     assert config_lib.to_dict(config_lib.load(SYNTHETIC + ":default")) == config_lib.to_dict(default)
 
@@ -64,7 +68,7 @@ def test_unknown_preset_names_known_ones():
         config_lib.load(SYNTHETIC + ":smok")
     msg = str(e.value)
     assert "'smok'" in msg
-    for name in ("default", "smoke", "fine_engine"):
+    for name in ("default", "smoke", "fine_engine", "query_gap"):
         assert name in msg
     assert "did you mean 'smoke'" in msg
 

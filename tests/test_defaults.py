@@ -8,7 +8,7 @@ from vsr_jax.config_lib import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(REPO, "configs", "synthetic.py")
-PRESETS = ("default", "smoke", "fine_engine")
+PRESETS = ("default", "smoke", "fine_engine", "query_gap")
 
 
 @pytest.mark.parametrize("preset", PRESETS)
