@@ -2,6 +2,8 @@
 
   python experiments/refiner_probe.py --workdir=runs/demo --refiner=agent
   python experiments/refiner_probe.py --workdir=runs/demo --refiner=bag_of_words
+  python experiments/refiner_probe.py --workdir=runs/demo --refiner=agent \
+      --set agent.sqr_head=rollout --set agent.latent_eps=1e-6    # another agent head
 
 Trains one refiner on the retrieval loss alone (InfoNCE of the refined query against every
 train video, the engine frozen) and prints train and test VR R@1 when *every* query is refined,
@@ -25,7 +27,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from vsr_jax import config_lib, rollout, train
+from vsr_jax import config_lib, defaults, rollout, train
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
 from vsr_jax.data.tokenizer import PAD
@@ -45,6 +47,8 @@ flags.DEFINE_float("body_learning_rate", 0.0,
                    "agent: Adam learning rate of everything but the SQR projectors "
                    "(0 -> --learning_rate).")
 flags.DEFINE_float("temperature", 0.1, "InfoNCE temperature (SFT's).")
+flags.DEFINE_multi_string("set", [], "agent: a config override FIELD=VALUE on top of the run's "
+                          "config (e.g. agent.sqr_head=parallel); repeatable.")
 FLAGS = flags.FLAGS
 
 
@@ -85,7 +89,11 @@ def main(_):
   path = os.path.join(FLAGS.workdir, "config.json")
   if not os.path.isfile(path):
     raise SystemExit(f"{path} not found: run make demo first (or pass --workdir)")
-  config = config_lib.from_dict(workdir_lib.read_json(path))
+  # The run's config over today's defaults (fields added since the run keep their defaults),
+  # then --set.
+  config = defaults.base_config()
+  config.update(config_lib.from_dict(workdir_lib.read_json(path)))
+  config = config_lib.apply_overrides(config, dict(kv.split("=", 1) for kv in FLAGS.set))
   if not config.agent.num_latents:
     raise SystemExit(f"{path}: agent.num_latents is 0; there is nothing to refine with")
   tokenizer, splits = train.load_data(config, FLAGS.workdir)

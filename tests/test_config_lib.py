@@ -5,7 +5,7 @@ import textwrap
 import ml_collections
 import pytest
 
-from vsr_jax import config_lib
+from vsr_jax import config_lib, defaults
 from vsr_jax.config_lib import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,16 +41,20 @@ def test_load_default_and_presets():
     default = config_lib.load(SYNTHETIC)
     smoke = config_lib.load(SYNTHETIC + ":smoke")
     fine = config_lib.load(SYNTHETIC + ":fine_engine")
-    assert default.data.synthetic.train_videos == 4000       # base_config value
+    joint = config_lib.load(SYNTHETIC + ":joint_engine")
+    # The default world: the text tower retrained without fine tokens, 12,000 train videos.
+    assert (default.engine.train.text_only_steps, default.engine.train.fine_keep) == (300, 0.0)
+    assert default.data.synthetic.train_videos == 12000
     assert smoke.data.synthetic.train_videos == 96           # set by the smoke preset
     assert smoke.engine.text.num_slots == 4
-    assert default.engine.train.fine_keep == 0.2
     assert fine.engine.train.fine_keep == 1.0
-    assert fine.data.synthetic.train_videos == 4000
-    gap = config_lib.load(SYNTHETIC + ":query_gap")
-    assert (gap.engine.train.text_only_steps, gap.engine.train.fine_keep) == (300, 0.0)
-    assert gap.data.synthetic.train_videos == 12000
-    assert gap.agent.num_latents == default.agent.num_latents   # the agent is the default's
+    assert fine.engine.train.text_only_steps == 300
+    # joint_engine is base_config's world (the earlier default).
+    base = defaults.base_config()
+    assert joint.data.synthetic.train_videos == base.data.synthetic.train_videos == 4000
+    assert (joint.engine.train.text_only_steps, joint.engine.train.fine_keep) == (0, 0.2)
+    assert config_lib.diff(config_lib.to_dict(joint), config_lib.to_dict(base)) == []
+    assert joint.agent.num_latents == default.agent.num_latents   # the agent is the default's
     # An explicit 'default' is the same as no preset.
     assert config_lib.to_dict(config_lib.load(SYNTHETIC + ":default")) == config_lib.to_dict(default)
 
@@ -68,7 +72,7 @@ def test_unknown_preset_names_known_ones():
         config_lib.load(SYNTHETIC + ":smok")
     msg = str(e.value)
     assert "'smok'" in msg
-    for name in ("default", "smoke", "fine_engine", "query_gap"):
+    for name in ("default", "smoke", "fine_engine", "joint_engine"):
         assert name in msg
     assert "did you mean 'smoke'" in msg
 

@@ -8,7 +8,7 @@ from vsr_jax.config_lib import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(REPO, "configs", "synthetic.py")
-PRESETS = ("default", "smoke", "fine_engine", "query_gap")
+PRESETS = ("default", "smoke", "fine_engine", "joint_engine")
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -50,6 +50,9 @@ def test_base_config_validates():
     ({"grpo.advantage": "ppo"}, "grpo.advantage"),
     ({"grpo.not_matched_iou": "2"}, "grpo.not_matched_iou"),
     ({"engine.train.text_only_steps": "30"}, "engine.train.text_only_steps"),
+    ({"agent.latent_eps": "0"}, "agent.latent_eps"),
+    ({"agent.sqr_head": "tree"}, "agent.sqr_head"),
+    ({"agent.refine_hidden": "-1"}, "agent.refine_hidden"),
 ])
 def test_bad_values_name_the_field(overrides, field):
     config = config_lib.load(SYNTHETIC + ":smoke", overrides)

@@ -35,8 +35,11 @@ def make_inputs(seed=0, lengths=(3, 8, 5), num_frames=(5, 8, 1)):
 
 @pytest.fixture(scope="module")
 def setup():
-    # A rectangular agent (width 48, soft tokens 32 wide): the identity inits are blocks.
-    config = config_lib.load(SMOKE, {"agent.width": "48", "agent.engine_inputs": "False"})
+    # A rectangular agent (width 48, soft tokens 32 wide): the identity inits are blocks. The
+    # reference's head: latents rolled out one position at a time, projectors as METHOD.md §2.
+    config = config_lib.load(SMOKE, {"agent.width": "48", "agent.engine_inputs": "False",
+                                     "agent.sqr_head": "rollout", "agent.refine_hidden": "0",
+                                     "agent.refine_words": "False"})
     sqr = policy.build_agent(config, VOCAB, "sqr")
     hqr = policy.build_agent(config, VOCAB, "hqr")
     fresh = jax.jit(lambda r: policy.init_agent(sqr, config, r))(jax.random.key(0))
@@ -144,14 +147,33 @@ def full_forced(m, tokens, frames, num_frames, actions, refine):
     hidden, P = full_hidden(m, tokens, frames, num_frames, inputs)
     h = hidden[:, P - 1:P + K]
     verify, span = m.heads_out(hidden[:, :P], num_frames, tokens.shape[1])
+    if m.refine_words:   # every position also reads the query's bag of words
+        Bn, K1, H = h.shape
+        h = m.refine_state(h.reshape(-1, H), jnp.repeat(tokens, K1, 0)).reshape(Bn, K1, -1)
     out = m.to_latent(h) if refine == "sqr" else m.word_logits(h)
     return out, verify, span
 
 
+@pytest.fixture(scope="module")
+def words_setup():
+    """The rollout head with agent.refine_words: (sqr, sqr params, hqr, hqr params)."""
+    config = config_lib.load(SMOKE, {"agent.width": "48", "agent.engine_inputs": "False",
+                                     "agent.sqr_head": "rollout", "agent.refine_words": "True"})
+    out = []
+    for refine in ("sqr", "hqr"):
+        agent = policy.build_agent(config, VOCAB, refine)
+        shapes = jax.eval_shape(lambda r: policy.init_agent(agent, config, r), jax.random.key(0))
+        out += [agent, random_params(shapes, 4)]
+    return tuple(out)
+
+
+@pytest.mark.parametrize("words", [False, True])
 @pytest.mark.parametrize("refine", ["sqr", "hqr"])
-def test_cached_rollout_equals_full_recompute_forced(setup, refine):
+def test_cached_rollout_equals_full_recompute_forced(setup, words_setup, refine, words):
     _, sqr, hqr, _, params, _, _ = setup
     agent = sqr if refine == "sqr" else hqr
+    if words:
+        agent, params = words_setup[:2] if refine == "sqr" else words_setup[2:]
     tokens, frames, nf = make_inputs(seed=1)
     rng = np.random.default_rng(7)
     if refine == "sqr":
@@ -287,3 +309,61 @@ def test_no_latents(setup):
                                              mode="sample", sigma=SIGMA,
                                              rng=jax.random.key(0), method=Agent.act), params)
     assert out["logits"].shape == (B, 0, VOCAB) and out["words"].shape == (B, 0)
+
+
+# ------------------------------------------------------------------ the parallel SQR head
+
+
+@pytest.fixture(scope="module")
+def parallel_setup():
+    """agent.sqr_head=parallel with the query's bag of words read by refine_projector."""
+    config = config_lib.load(SMOKE, {"agent.width": "48", "agent.engine_inputs": "False",
+                                     "agent.sqr_head": "parallel", "agent.refine_words": "True",
+                                     "agent.refine_hidden": "40", "agent.num_latents": str(N),
+                                     "agent.latent_eps": "1.0"})
+    agent = policy.build_agent(config, VOCAB, "sqr")
+    assert agent.parallel_latents == N
+    fresh = jax.jit(lambda r: policy.init_agent(agent, config, r))(jax.random.key(0))
+    shapes = jax.eval_shape(lambda r: policy.init_agent(agent, config, r), jax.random.key(0))
+    return config, agent, fresh, random_params(shapes, 3)
+
+
+def test_parallel_head_shapes_and_zero_init(parallel_setup):
+    config, agent, fresh, _ = parallel_setup
+    dl = config.engine.text.width
+    # refine_in reads [hidden (48), bag of words (48)] into 40 units; refine_out emits N latents.
+    assert fresh["refine_in"]["kernel"].shape == (48 + 48, 40)
+    assert fresh["refine_out"]["kernel"].shape == (40, N * dl)
+    np.testing.assert_array_equal(fresh["refine_out"]["kernel"], 0.0)
+    tokens, frames, nf = make_inputs()
+    out = act_fn(agent, "greedy")(fresh, tokens, frames, nf)
+    assert out["mean"].shape == (B, N, dl)
+    np.testing.assert_array_equal(out["mean"], 0.0)     # a fresh head changes no query
+    soft = agent.apply({"params": fresh}, out["action"], method=Agent.soft_tokens)
+    np.testing.assert_array_equal(soft, 0.0)
+
+
+def test_parallel_head_reads_the_query_not_the_samples(parallel_setup):
+    """Every latent comes from [REFINE]'s state at once: a sample does not move later means;
+    the query's words move them (also through the bag of words); fewer latents are a prefix."""
+    _, agent, _, params = parallel_setup
+    tokens, frames, nf = make_inputs(seed=5)
+    greedy = act_fn(agent, "greedy")(params, tokens, frames, nf)
+    sample = act_fn(agent, "sample")(params, tokens, frames, nf, rng=jax.random.key(1))
+    np.testing.assert_allclose(sample["mean"], greedy["mean"], atol=1e-6)
+    assert np.abs(np.asarray(sample["action"] - sample["mean"])).min() > 0
+    assert np.abs(np.diff(np.asarray(greedy["mean"]), axis=1)).max() > 1e-3   # N distinct
+    two = act_fn(agent, "greedy", 2)(params, tokens, frames, nf)
+    np.testing.assert_allclose(two["mean"], greedy["mean"][:, :2], atol=1e-6)
+    other = np.array(tokens)
+    other[:, 0] = np.where(other[:, 0] == 2, 3, 2)
+    moved = act_fn(agent, "greedy")(params, jnp.asarray(other), frames, nf)
+    assert (np.abs(np.asarray(moved["mean"] - greedy["mean"])).max((1, 2)) > 1e-4).all()
+    # The bag of words alone reaches the latents: its LayerNorm's offset moves every latent.
+    bumped = jax.tree.map(lambda x: x, params)
+    bumped["refine_words_ln"] = {"scale": params["refine_words_ln"]["scale"],
+                                 "bias": params["refine_words_ln"]["bias"] + 1.0}
+    out = act_fn(agent, "greedy")(bumped, tokens, frames, nf)
+    assert np.abs(np.asarray(out["mean"] - greedy["mean"])).max() > 1e-4
+    with pytest.raises(ValueError, match="parallel SQR head that emits"):
+        act_fn(agent, "greedy", N + 1)(params, tokens, frames, nf)

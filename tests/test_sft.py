@@ -79,7 +79,8 @@ def test_span_frames():
 def test_optimizer_uses_the_projector_rate_for_projectors_only():
     config = config_lib.load(SMOKE, {"sft.warmup_steps": "1", "sft.weight_decay": "0.0",
                                      "sft.learning_rate": "1e-3",
-                                     "sft.projector_learning_rate": "4e-3"})
+                                     "sft.projector_learning_rate": "4e-3",
+                                     "agent.refine_words": "True"})
     agent = policy.build_agent(config, VOCAB, "sqr")
     shapes = jax.eval_shape(lambda r: policy.init_agent(agent, config, r), jax.random.key(0))
     params = random_params(shapes, 0)
@@ -100,7 +101,7 @@ def test_optimizer_uses_the_projector_rate_for_projectors_only():
         expect = -plr if key[0] in sft.PROJECTORS else -lr
         n_proj += key[0] in sft.PROJECTORS
         np.testing.assert_allclose(u, expect, rtol=1e-3, err_msg=str(key))
-    assert n_proj == 14               # kernel + bias / scale + bias of the seven projectors
+    assert n_proj == 16               # kernel + bias / scale + bias of the eight projectors
 
 
 def test_retrieval_loss_counts_each_corpus_video_once_and_skips_near_ties():
@@ -270,8 +271,12 @@ def test_sft_step_trains_the_agent_and_leaves_the_engine_alone(loss_setup, monke
     for a, b in zip(jax.tree.leaves(engine_params), jax.tree.leaves(engine_before)):
         np.testing.assert_array_equal(np.asarray(a), b)
     # With Adam and no weight decay a parameter moves iff its gradient was non-zero.
-    for name in ("refine_out", "refine_in", "append", "latent_in", "verify_head", "start_head"):
-        assert np.abs(after[name]["kernel"] - start[name]["kernel"]).max() > 1e-6, name
-    # The HQR word head is not part of the SQR objective.
-    np.testing.assert_array_equal(after["word_head"]["kernel"], start["word_head"]["kernel"])
+    assert agent.parallel_latents            # the default head: no latent is fed back
+    for name in ("refine_out", "refine_in", "refine_words_ln", "append", "verify_head",
+                 "start_head"):
+        key = "scale" if name.endswith("_ln") else "kernel"
+        assert np.abs(after[name][key] - start[name][key]).max() > 1e-6, name
+    # The HQR word head is not part of the SQR objective, nor (parallel head) latent_in.
+    for name in ("word_head", "latent_in"):
+        np.testing.assert_array_equal(after[name]["kernel"], start[name]["kernel"])
     assert float(metrics["ret_loss"]) > 0 and float(metrics["grad_norm"]) > 0

@@ -182,3 +182,27 @@ def test_stage_two_without_a_stage_one_checkpoint_is_refused_before_compiling(tm
   with pytest.raises(workdir_lib.WorkdirError, match=r"checkpoints/sft holds no checkpoint"):
     train.train_and_evaluate(config, str(tmp_path / "g"))
   assert not calls                      # nothing was generated, trained or compiled
+
+
+@pytest.mark.parametrize("balanced", [True, False])
+def test_grpo_queries_balance_right_and_wrong_first_retrievals(balanced):
+  first_hit = np.zeros(1000, bool)
+  first_hit[::10] = True                                  # 10 % right, as on the train split
+  cfg = smoke(**{"grpo.batch_size": 8, "grpo.balanced": balanced}).grpo
+  queries = train.grpo_queries(first_hit, cfg, seed=0)
+  batches = [queries(step) for step in range(200)]
+  assert all(len(q) == 8 and len(set(q)) == 8 for q in batches)
+  np.testing.assert_array_equal(queries(7), batches[7])   # deterministic in the step
+  right = np.mean([first_hit[q].mean() for q in batches])
+  if balanced:
+    assert all(first_hit[q].sum() == 4 for q in batches)
+  else:
+    assert 0.05 < right < 0.15
+
+
+def test_grpo_queries_without_a_right_first_retrieval_fall_back_to_uniform(caplog):
+  cfg = smoke(**{"grpo.batch_size": 8}).grpo
+  assert cfg.balanced
+  queries = train.grpo_queries(np.zeros(50, bool), cfg, seed=0)
+  assert "GRPO samples queries uniformly" in caplog.text
+  assert len(set(queries(0))) == 8

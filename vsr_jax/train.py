@@ -387,6 +387,35 @@ def episode_config(config, *, turns: int, mode: str, refine: str) -> EpisodeConf
                        sigma=config.agent.sigma, mode=mode)
 
 
+def grpo_queries(first_hit: np.ndarray, cfg, seed: int) -> Callable[[int], np.ndarray]:
+  """step -> the train queries of GRPO batch `step` (deterministic in seed and step).
+
+  cfg.balanced: half of them with a right first retrieval (first_hit [Q]), half with a wrong
+  one (stage 1's 1:1); otherwise uniform over the split, where most first retrievals are wrong
+  and the answer reward then pays a verifier that rejects everything. A class with no query
+  falls back to uniform, with a warning.
+  """
+  pools = (np.flatnonzero(first_hit), np.flatnonzero(~first_hit))
+  balanced = cfg.balanced and min(len(p) for p in pools) > 0
+  if cfg.balanced and not balanced:
+    logging.warning("grpo.balanced: no train query's first retrieval is %s (%d right, %d "
+                    "wrong); GRPO samples queries uniformly instead",
+                    "right" if not len(pools[0]) else "wrong", len(pools[0]), len(pools[1]))
+  elif balanced:
+    logging.info("grpo: %d train queries with a right first retrieval, %d wrong; balanced "
+                 "1:1 in batches", len(pools[0]), len(pools[1]))
+  half = cfg.batch_size // 2
+
+  def queries(step: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, 29, step])
+    if not balanced:
+      return rng.choice(len(first_hit), cfg.batch_size, replace=False)
+    return np.concatenate([
+        rng.choice(pools[0], half, replace=len(pools[0]) < half),
+        rng.choice(pools[1], cfg.batch_size - half, replace=len(pools[1]) < cfg.batch_size - half)])
+  return queries
+
+
 def grpo_stage(config, agent, engine, engine_params, ref_params, split, retrieval,
                corpus: Corpus) -> Stage:
   cfg = config.grpo
@@ -395,10 +424,11 @@ def grpo_stage(config, agent, engine, engine_params, ref_params, split, retrieva
   state = train_state.TrainState.create(
       apply_fn=agent.apply, params=ref_params, tx=grpo.optimizer(cfg))
 
+  queries = grpo_queries(retrieval.top_ids[:, 0] == split.video_index, cfg, config.seed)
+
   def batch_fn(step, state):
     del state
-    rng = np.random.default_rng([config.seed, 29, step])
-    qi = rng.choice(split.num_queries, cfg.batch_size, replace=False)
+    qi = queries(step)
     return {"tokens": split.tokens[qi], "gt": split.video_index[qi], "gt_time": split.times[qi],
             "ret_keys": retrieval.videos[key_ids[qi]], "ret_valid": key_valid[qi]}
 

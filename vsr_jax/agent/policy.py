@@ -12,6 +12,10 @@ Heads (METHOD.md §1-2):
             gives z_{k+1}; append_projector (LayerNorm + Linear, identity-init) turns the N
             latents into soft tokens for the frozen engine's text tower.
             HQR: the same positions choose N discrete words instead (a categorical policy).
+            agent.sqr_head='parallel': refine_projector emits all N latents at once from
+            [REFINE]'s state (no rollout; cheaper, and it learns faster here: README).
+            agent.refine_words: refine_projector (and HQR's word head) also read the query's
+            mean word embedding beside the hidden state, a direct path from the words.
 """
 
 from __future__ import annotations
@@ -74,6 +78,13 @@ class Agent(nn.Module):
   refine: str = "sqr"    # sqr | hqr
   engine_dim: int = 0    # > 0: also read the frozen engine's frame vectors and query vector
   standardize: bool = True  # latents standardised per vector (sigma is then relative)
+  latent_eps: float = 1e-6  # epsilon of the norms that act on latents (see to_latent)
+  # > 0: the parallel SQR head - refine_projector emits this many latents at once from
+  # [REFINE]'s state (no latent rollout); 0: the reference's rollout, one latent per position.
+  parallel_latents: int = 0
+  refine_hidden: int = 0    # hidden width of refine_projector (0 -> latent_dim)
+  # refine_projector also reads the query's mean word embedding beside the hidden state.
+  refine_words: bool = False
 
   def setup(self):
     init = nn.initializers.normal(0.02)
@@ -101,12 +112,15 @@ class Agent(nn.Module):
     self.start_head = nn.Dense(1)
     self.end_head = nn.Dense(1)
     # SQR projectors (METHOD.md §2).
-    self.refine_in = nn.Dense(self.latent_dim)
+    if self.refine_words:   # the bag of words on the hidden state's (unit) scale
+      self.refine_words_ln = nn.LayerNorm()
+    self.refine_in = nn.Dense(self.refine_hidden or self.latent_dim)
     self.refine_ln = nn.LayerNorm()
-    self.refine_out = nn.Dense(self.latent_dim, kernel_init=nn.initializers.zeros)
-    self.latent_in_ln = nn.LayerNorm()
+    self.refine_out = nn.Dense(self.latent_dim * max(self.parallel_latents, 1),
+                               kernel_init=nn.initializers.zeros)
+    self.latent_in_ln = nn.LayerNorm(epsilon=self.latent_eps)
     self.latent_in = nn.Dense(self.width, kernel_init=rect_identity)
-    self.append_ln = nn.LayerNorm()
+    self.append_ln = nn.LayerNorm(epsilon=self.latent_eps)
     self.append = nn.Dense(self.latent_dim, kernel_init=rect_identity)
     # HQR: a word per refinement position.
     self.word_head = nn.Dense(self.vocab_size)
@@ -177,18 +191,31 @@ class Agent(nn.Module):
       new_cache.append(kv)
     return self.ln_out(x)[:, 0], new_cache
 
-  def to_latent(self, h):
-    """refine_projector: hidden [B, H] -> latent [B, latent_dim], standardised per vector.
+  def refine_state(self, h, tokens):
+    """What refine_projector reads: the hidden state [B, H] (and the query's bag of words)."""
+    if not self.refine_words:
+      return h
+    mask = (tokens != PAD)[..., None].astype(h.dtype)
+    bag = (self.word_embed(tokens) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+    return jnp.concatenate([h, self.refine_words_ln(bag)], -1)
 
-    Standardising (zero mean, unit variance, no parameters) fixes the latents' scale, so that
-    the Gaussian policy's sigma is a relative perturbation (the reference's latents have the
-    scale an LLM's norms give them). Zero stays exactly zero: a fresh refiner changes nothing.
+  def to_latent(self, h):
+    """refine_projector: hidden [B, H'] -> latent [B, latent_dim] ([B, N, latent_dim] for the
+    parallel head), standardised per vector.
+
+    Standardising (zero mean, z / sqrt(var + latent_eps), no parameters) bounds the latents'
+    scale near unit variance, so that the Gaussian policy's sigma is a relative perturbation
+    (the reference's latents have the scale an LLM's norms give them); with latent_eps = 1 a
+    small latent stays small instead of jumping to unit variance after the first update.
+    Zero stays exactly zero: a fresh refiner changes nothing.
     """
     z = self.refine_out(nn.gelu(self.refine_ln(self.refine_in(h))))
+    if self.parallel_latents:   # [B, N * Dl] -> [B, N, Dl]
+      z = z.reshape(z.shape[:-1] + (self.parallel_latents, self.latent_dim))
     if not self.standardize:
       return z
     z = z - z.mean(-1, keepdims=True)
-    return z * jax.lax.rsqrt(jnp.mean(jnp.square(z), -1, keepdims=True) + 1e-6)
+    return z * jax.lax.rsqrt(jnp.mean(jnp.square(z), -1, keepdims=True) + self.latent_eps)
 
   def latent_input(self, z):
     """latent_input_projector: latent -> the agent's input space."""
@@ -219,9 +246,15 @@ class Agent(nn.Module):
     out = {"verify": verify, "span": span}
     h = hidden[:, -1]
     means, actions, logits, words = [], [], [], []
+    parallel = self.refine == "sqr" and self.parallel_latents > 0
+    if parallel:
+      if num_latents > self.parallel_latents:
+        raise ValueError(f"{num_latents} latents asked of a parallel SQR head that emits "
+                         f"{self.parallel_latents}")
+      mu_all = self.to_latent(self.refine_state(h, tokens))
     for k in range(num_latents):
       if self.refine == "sqr":
-        mu = self.to_latent(h)
+        mu = mu_all[:, k] if parallel else self.to_latent(self.refine_state(h, tokens))
         if mode == "sample":
           a = mu + sigma * jax.random.normal(jax.random.fold_in(rng, k), mu.shape)
         elif mode == "forced":
@@ -234,7 +267,7 @@ class Agent(nn.Module):
         actions.append(a)
         x_next = self.latent_input(a)
       else:
-        lg = self.word_logits(h)
+        lg = self.word_logits(self.refine_state(h, tokens))
         if mode == "sample":
           w = jax.random.categorical(jax.random.fold_in(rng, k), lg)
         elif mode == "forced":
@@ -244,7 +277,7 @@ class Agent(nn.Module):
         logits.append(lg)
         words.append(w)
         x_next = self.embed_word(w)
-      if k + 1 < num_latents:
+      if k + 1 < num_latents and not parallel:
         h, cache = self.latent_step(x_next, cache, valid, k)
     if self.refine == "sqr":
       dl = self.latent_dim
@@ -266,9 +299,11 @@ class Agent(nn.Module):
       query_vec = jnp.ones((B, self.engine_dim), frames.dtype)
     hidden, cache, valid = self.prefix(tokens, frames, num_frames, engine_frames, query_vec)
     verify, span = self.heads_out(hidden, num_frames, tokens.shape[1])
-    z = self.to_latent(hidden[:, -1])
+    z = self.to_latent(self.refine_state(hidden[:, -1], tokens))
+    z = z[:, 0] if self.parallel_latents else z
     h, _ = self.latent_step(self.latent_input(z), cache, valid, 0)
-    return verify, span, self.soft_tokens(z), self.word_logits(h), self.embed_word(tokens[:, 0])
+    return (verify, span, self.soft_tokens(z), self.word_logits(self.refine_state(h, tokens)),
+            self.embed_word(tokens[:, 0]))
 
 
 def build_agent(config, vocab_size: int, refine: str | None = None) -> Agent:
@@ -278,7 +313,9 @@ def build_agent(config, vocab_size: int, refine: str | None = None) -> Agent:
                mlp_dim=a.mlp_dim, latent_dim=config.engine.text.width,
                refine=refine or a.refine,
                engine_dim=config.engine.embed_dim if a.engine_inputs else 0,
-               standardize=a.standardize_latents)
+               standardize=a.standardize_latents, latent_eps=a.latent_eps,
+               parallel_latents=a.num_latents if a.sqr_head == "parallel" else 0,
+               refine_hidden=a.refine_hidden, refine_words=a.refine_words)
 
 
 def init_agent(agent: Agent, config, rng, engine_params=None):

@@ -21,8 +21,8 @@ from vsr_jax import rollout
 from vsr_jax.agent.policy import MATCHED, NOT_MATCHED, Agent
 from vsr_jax.engine.towers import DualEncoder
 
-PROJECTORS = ("refine_in", "refine_ln", "refine_out", "latent_in_ln", "latent_in", "append_ln",
-              "append")
+PROJECTORS = ("refine_words_ln", "refine_in", "refine_ln", "refine_out", "latent_in_ln",
+              "latent_in", "append_ln", "append")
 
 
 def soft_tokens(agent: Agent, engine: DualEncoder, agent_params, engine_params, out):
