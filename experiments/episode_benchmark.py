@@ -14,7 +14,6 @@ batch the fused episode uses.
 from __future__ import annotations
 
 import functools
-import os
 import time
 
 import jax
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from vsr_jax import config_lib, train
+from vsr_jax import train
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
 from vsr_jax.engine import encode, index as index_lib
@@ -98,10 +97,7 @@ class HostLoop:
 
 
 def main(_):
-  path = os.path.join(FLAGS.workdir, "config.json")
-  if not os.path.isfile(path):
-    raise SystemExit(f"{path} not found: run make demo first (or pass --workdir)")
-  config = config_lib.from_dict(workdir_lib.read_json(path))
+  config = workdir_lib.read_config(FLAGS.workdir)
   tokenizer, splits = train.load_data(config, FLAGS.workdir, splits=(config.data.eval_split,))
   split = splits[config.data.eval_split]
   engine = build_engine(config, len(tokenizer))

@@ -11,7 +11,6 @@ queries (the tower here may rewrite how every word is read; SQR only appends N t
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -20,7 +19,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from vsr_jax import config_lib, train
+from vsr_jax import train
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.engine import encode
 from vsr_jax.engine.towers import DualEncoder, build_engine
@@ -41,10 +40,7 @@ def recall(queries, videos, gt):
 
 
 def main(_):
-  path = os.path.join(FLAGS.workdir, "config.json")
-  if not os.path.isfile(path):
-    raise SystemExit(f"{path} not found: run make demo first (or pass --workdir)")
-  config = config_lib.from_dict(workdir_lib.read_json(path))
+  config = workdir_lib.read_config(FLAGS.workdir)
   tokenizer, splits = train.load_data(config, FLAGS.workdir)
   tr, te = splits[config.data.train_split], splits[config.data.eval_split]
   engine = build_engine(config, len(tokenizer))

@@ -18,7 +18,6 @@ engine's channel (both slow) or by the agent (bag_of_words fast, agent slow).
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -27,7 +26,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from vsr_jax import config_lib, defaults, rollout, train
+from vsr_jax import config_lib, rollout, train
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
 from vsr_jax.data.tokenizer import PAD
@@ -86,16 +85,11 @@ def bag_of_words_refiner(config, engine, engine_params):
 
 
 def main(_):
-  path = os.path.join(FLAGS.workdir, "config.json")
-  if not os.path.isfile(path):
-    raise SystemExit(f"{path} not found: run make demo first (or pass --workdir)")
-  # The run's config over today's defaults (fields added since the run keep their defaults),
-  # then --set.
-  config = defaults.base_config()
-  config.update(config_lib.from_dict(workdir_lib.read_json(path)))
+  # The run's config (fields added since keep their defaults), then --set.
+  config = workdir_lib.read_config(FLAGS.workdir)
   config = config_lib.apply_overrides(config, dict(kv.split("=", 1) for kv in FLAGS.set))
   if not config.agent.num_latents:
-    raise SystemExit(f"{path}: agent.num_latents is 0; there is nothing to refine with")
+    raise SystemExit(f"{FLAGS.workdir}: agent.num_latents is 0; there is nothing to refine with")
   tokenizer, splits = train.load_data(config, FLAGS.workdir)
   tr, te = splits[config.data.train_split], splits[config.data.eval_split]
   engine = build_engine(config, len(tokenizer))

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from vsr_jax import config_lib, train
+from vsr_jax import train
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.data import store, synthetic
 from vsr_jax.engine import encode, index as index_lib, towers
@@ -90,11 +90,7 @@ def main(_):
   logging.get_absl_handler().addFilter(
       type("Quiet", (), {"filter": staticmethod(lambda r: r.levelno >= 30 or "/orbax/" not in
                                                 r.pathname)})())
-  path = os.path.join(FLAGS.workdir, "config.json")
-  if not os.path.isfile(path):
-    raise SystemExit(f"{path} not found: train an engine first (make demo), or pass "
-                     "--workdir of a trained run")
-  config = config_lib.from_dict(workdir_lib.read_json(path))
+  config = workdir_lib.read_config(FLAGS.workdir)
   tokenizer = store.load_tokenizer(train.data_dir(config, FLAGS.workdir), config.data.train_split)
   engine = towers.build_engine(config, len(tokenizer))
   params = train.restore_engine(config, FLAGS.workdir, engine)

@@ -238,3 +238,20 @@ def test_write_json_is_atomic(tmp_path):
     workdir.write_json(path, {"a": [1, 2]})
     assert workdir.read_json(path) == {"a": [1, 2]}
     assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_read_config_fills_fields_added_since_the_run(tmp_path):
+    from vsr_jax import defaults
+    saved = config_lib.to_dict(defaults.base_config())
+    saved["agent"]["width"] = 64
+    del saved["agent"]["sqr_head"]                       # a field the run's code did not have
+    os.makedirs(tmp_path / "run")
+    workdir.write_json(str(tmp_path / "run" / "config.json"), saved)
+    config = workdir.read_config(str(tmp_path / "run"))
+    assert config.agent.width == 64                      # the run's value
+    assert config.agent.sqr_head == defaults.base_config().agent.sqr_head
+    assert isinstance(config.stages, tuple)
+    with pytest.raises(AttributeError):
+        config.new_field = 1                             # locked
+    with pytest.raises(WorkdirError, match="config.json not found"):
+        workdir.read_config(str(tmp_path / "nothing"))

@@ -44,6 +44,20 @@ def read_json(path: str):
     raise WorkdirError(f"{path}: corrupt JSON ({e}); the workdir is damaged") from None
 
 
+def read_config(workdir: str):
+  """The config a run was trained with (its config.json) over today's base_config: fields added
+  since keep their defaults (an agent they change is then refused by its checkpoint's
+  description, naming the field). Locked, as a loaded config is."""
+  from vsr_jax import defaults   # pylint: disable=g-import-not-at-top (defaults imports data)
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise WorkdirError(f"{path} not found: there is no run in {workdir} (train one: make demo)")
+  config = defaults.base_config()
+  config.update(config_lib.from_dict(read_json(path)))
+  config.lock()
+  return config
+
+
 def prepare(config, workdir: str, *, mode: str) -> None:
   """Creates the workdir or checks that it holds a run of this same config."""
   path = os.path.join(workdir, "config.json")
