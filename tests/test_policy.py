@@ -367,3 +367,9 @@ def test_parallel_head_reads_the_query_not_the_samples(parallel_setup):
     assert np.abs(np.asarray(out["mean"] - greedy["mean"])).max() > 1e-4
     with pytest.raises(ValueError, match="parallel SQR head that emits"):
         act_fn(agent, "greedy", N + 1)(params, tokens, frames, nf)
+
+
+def test_hqr_agent_has_no_parallel_head():
+    config = config_lib.load(SMOKE, {"agent.sqr_head": "parallel"})
+    assert policy.build_agent(config, VOCAB, "sqr").parallel_latents == config.agent.num_latents
+    assert policy.build_agent(config, VOCAB, "hqr").parallel_latents == 0

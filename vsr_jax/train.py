@@ -410,9 +410,9 @@ def grpo_queries(first_hit: np.ndarray, cfg, seed: int) -> Callable[[int], np.nd
     rng = np.random.default_rng([seed, 29, step])
     if not balanced:
       return rng.choice(len(first_hit), cfg.batch_size, replace=False)
-    return np.concatenate([
-        rng.choice(pools[0], half, replace=len(pools[0]) < half),
-        rng.choice(pools[1], cfg.batch_size - half, replace=len(pools[1]) < cfg.batch_size - half)])
+    rest = cfg.batch_size - half
+    return np.concatenate([rng.choice(pools[0], half, replace=len(pools[0]) < half),
+                           rng.choice(pools[1], rest, replace=len(pools[1]) < rest)])
   return queries
 
 

@@ -306,15 +306,18 @@ class Agent(nn.Module):
             self.embed_word(tokens[:, 0]))
 
 
-def build_agent(config, vocab_size: int, refine: str | None = None) -> Agent:
+def build_agent(config, vocab_size: int, refine: str) -> Agent:
+  """The agent of config.agent with refiner `refine` (sqr | hqr; one config trains both)."""
   a = config.agent
   return Agent(vocab_size=vocab_size, max_query_len=config.data.max_query_len,
                max_frames=config.data.max_frames, width=a.width, depth=a.depth, heads=a.heads,
                mlp_dim=a.mlp_dim, latent_dim=config.engine.text.width,
-               refine=refine or a.refine,
+               refine=refine,
                engine_dim=config.engine.embed_dim if a.engine_inputs else 0,
                standardize=a.standardize_latents, latent_eps=a.latent_eps,
-               parallel_latents=a.num_latents if a.sqr_head == "parallel" else 0,
+               # HQR always rolls its words out: no N-wide refine_projector for it.
+               parallel_latents=(a.num_latents if a.sqr_head == "parallel" and
+                                 refine == "sqr" else 0),
                refine_hidden=a.refine_hidden, refine_words=a.refine_words)
 
 
