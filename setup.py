@@ -26,6 +26,9 @@ setuptools.setup(
         "h5py==3.16.0",
         "tokenizers==0.23.3",
         "safetensors==0.8.0",
+        "matplotlib==3.11.2",
     ],
-    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0"]},
+    # The notebook (experiments/inspect_run.ipynb) runs in the test suite through nbclient.
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "nbclient==0.11.0",
+                             "nbformat==5.11.1", "ipykernel==7.4.0"]},
 )

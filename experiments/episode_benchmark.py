@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from vsr_jax import train
+from vsr_jax import registry, stages
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
 from vsr_jax.engine import encode, index as index_lib
-from vsr_jax.engine.towers import DualEncoder, build_engine
-from vsr_jax.rollout import Corpus, engine_view, episode, span_to_seconds
+from vsr_jax.engine.towers import DualEncoder
+from vsr_jax.rollout import Corpus, EpisodeConfig, engine_view, episode, span_to_seconds
 
 flags.DEFINE_string("workdir", "runs/demo", "A trained run (make demo).")
 flags.DEFINE_string("stage", "grpo", "Which agent: sft | sft_hqr | grpo.")
@@ -98,27 +98,16 @@ class HostLoop:
 
 def main(_):
   config = workdir_lib.read_config(FLAGS.workdir)
-  tokenizer, splits = train.load_data(config, FLAGS.workdir, splits=(config.data.eval_split,))
-  split = splits[config.data.eval_split]
-  engine = build_engine(config, len(tokenizer))
-  engine_params = train.restore_engine(config, FLAGS.workdir, engine)
-  agents = train._agents(config, len(tokenizer))
-  agent = agents[FLAGS.stage]
-  state = train._sft_state(config, agent)
-  description = train.agent_description(config, len(tokenizer), agent.refine,
-                                        "grpo" if FLAGS.stage == "grpo" else "sft")
-  steps = config.sft.steps
-  if FLAGS.stage == "grpo":
-    from vsr_jax.objectives import grpo
-    from flax.training import train_state
-    state = train_state.TrainState.create(apply_fn=agent.apply, params=state.params,
-                                          tx=grpo.optimizer(config.grpo))
-    steps = config.grpo.steps
-  params = train.restore_params(config, FLAGS.workdir, FLAGS.stage, state, description, steps)
+  ctx = stages.Context.open(config, FLAGS.workdir)
+  split = ctx.splits[config.data.eval_split]
+  engine, engine_params = ctx.engine, ctx.engine_params
+  stage = registry.STAGES.get(FLAGS.stage, "stage")
+  agent = stage.agent(ctx)
+  params = stages.load_params(config, FLAGS.workdir, FLAGS.stage, ctx=ctx)
   videos = encode.encode_videos(engine, engine_params, split.features, split.num_frames, 256)
   corpus = Corpus.from_split(index_lib.ExactIndex.build(videos), split)
-  spec = train.episode_config(config, turns=config.agent.turns, mode="greedy",
-                              refine=agent.refine)
+  spec = EpisodeConfig(turns=config.eval.turns, num_latents=config.agent.num_latents,
+                       refine=stage.refiner(config), sigma=config.agent.sigma, mode="greedy")
   n = min(FLAGS.queries, split.num_queries) // FLAGS.batch * FLAGS.batch
   qi = np.arange(n)
 
@@ -157,7 +146,7 @@ def main(_):
           np.allclose(f["pred_time"], h[2], atol=1e-4))
   same1 = (np.array_equal(f["retrieved"][:m], s1[0]) and np.array_equal(f["verdict"][:m], s1[1])
            and np.allclose(f["pred_time"][:m], s1[2], atol=1e-4))
-  print(f"{FLAGS.stage} agent, {config.agent.turns} turns, corpus {split.num_videos} videos, "
+  print(f"{FLAGS.stage} agent, {config.eval.turns} turns, corpus {split.num_videos} videos, "
         f"{n} queries")
   print(f"identical results: batched host loop {same}, per-query host loop {same1} "
         f"(first {m} queries)")

@@ -19,10 +19,10 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from vsr_jax import train
+from vsr_jax import stages
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.engine import encode
-from vsr_jax.engine.towers import DualEncoder, build_engine
+from vsr_jax.engine.towers import DualEncoder
 
 flags.DEFINE_string("workdir", "runs/demo", "A run whose stage 0 has finished.")
 flags.DEFINE_integer("steps", 1500, "Fine-tuning steps.")
@@ -41,10 +41,11 @@ def recall(queries, videos, gt):
 
 def main(_):
   config = workdir_lib.read_config(FLAGS.workdir)
-  tokenizer, splits = train.load_data(config, FLAGS.workdir)
+  ctx = stages.Context.open(config, FLAGS.workdir,
+                            splits=(config.data.train_split, config.data.eval_split))
+  splits, engine = ctx.splits, ctx.engine
   tr, te = splits[config.data.train_split], splits[config.data.eval_split]
-  engine = build_engine(config, len(tokenizer))
-  params = train.restore_engine(config, FLAGS.workdir, engine)
+  params = ctx.engine_params
   b = config.eval.batch_size
   videos = {s.name: encode.encode_videos(engine, params, s.features, s.num_frames, b)
             for s in (tr, te)}

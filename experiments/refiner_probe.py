@@ -26,12 +26,12 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from vsr_jax import config_lib, rollout, train
+from vsr_jax import config_lib, rollout, stages
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
 from vsr_jax.data.tokenizer import PAD
 from vsr_jax.engine import encode
-from vsr_jax.engine.towers import DualEncoder, build_engine
+from vsr_jax.engine.towers import DualEncoder
 from vsr_jax.objectives import sft
 
 flags.DEFINE_string("workdir", "runs/demo", "A run whose stage 0 has finished.")
@@ -90,10 +90,11 @@ def main(_):
   config = config_lib.apply_overrides(config, dict(kv.split("=", 1) for kv in FLAGS.set))
   if not config.agent.num_latents:
     raise SystemExit(f"{FLAGS.workdir}: agent.num_latents is 0; there is nothing to refine with")
-  tokenizer, splits = train.load_data(config, FLAGS.workdir)
+  ctx = stages.Context.open(config, FLAGS.workdir,
+                            splits=(config.data.train_split, config.data.eval_split))
+  tokenizer, splits, engine = ctx.tokenizer, ctx.splits, ctx.engine
   tr, te = splits[config.data.train_split], splits[config.data.eval_split]
-  engine = build_engine(config, len(tokenizer))
-  ep = train.restore_engine(config, FLAGS.workdir, engine)
+  ep = ctx.engine_params
   b = config.eval.batch_size
   view = {}
   for s in (tr, te):

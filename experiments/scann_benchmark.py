@@ -19,7 +19,8 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from vsr_jax import train
+from vsr_jax import stages
+from vsr_jax.data import sources
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.data import store, synthetic
 from vsr_jax.engine import encode, index as index_lib, towers
@@ -91,9 +92,10 @@ def main(_):
       type("Quiet", (), {"filter": staticmethod(lambda r: r.levelno >= 30 or "/orbax/" not in
                                                 r.pathname)})())
   config = workdir_lib.read_config(FLAGS.workdir)
-  tokenizer = store.load_tokenizer(train.data_dir(config, FLAGS.workdir), config.data.train_split)
+  tokenizer = store.load_tokenizer(sources.data_dir(config, FLAGS.workdir),
+                                   config.data.train_split)
   engine = towers.build_engine(config, len(tokenizer))
-  params = train.restore_engine(config, FLAGS.workdir, engine)
+  params = stages.load_params(config, FLAGS.workdir, "engine")
   vectors, tokens, gt = corpus_vectors(config, engine, params, tokenizer, FLAGS.num_videos,
                                        FLAGS.cache or os.path.join(FLAGS.workdir, "bench"))
   rng = np.random.default_rng(0)

@@ -170,8 +170,12 @@ def test_field_below_a_leaf_is_an_error():
 def test_setting_a_section_is_an_error():
     with pytest.raises(ConfigError, match="is a section"):
         config_lib.load(SYNTHETIC + ":smoke", {"engine.train": "3"})
+    # A dict literal replaces a section whole (eval.rows); anything else names it.
     with pytest.raises(ConfigError, match="is a section"):
-        config_lib.load(SYNTHETIC + ":smoke", {"data": "{}"})
+        config_lib.load(SYNTHETIC + ":smoke", {"data": "[1]"})
+    config = config_lib.load(SYNTHETIC + ":smoke", {
+        "eval.rows": "{'mine': {'kind': 'agent', 'stage': 'sft', 'turns': 3, 'refine': ''}}"})
+    assert list(config.eval.rows) == ["mine"] and config.eval.rows.mine.turns == 3
 
 
 @pytest.mark.parametrize("field, text, needle", [

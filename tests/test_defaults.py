@@ -41,7 +41,14 @@ def test_base_config_validates():
     ({"data.fps": "0"}, "data.fps"),
     ({"agent.num_latents": "65"}, "agent.num_latents"),
     ({"agent.num_latents": "-1"}, "agent.num_latents"),
-    ({"agent.turns": "0"}, "agent.turns"),
+    ({"eval.turns": "0"}, "eval.turns"),
+    ({"agent.refine": "soft"}, "agent.refine"),
+    ({"stages": "('engine', 'grpo', 'sft')"}, "stages"),                # grpo needs sft first
+    ({"eval.rows.agent_hqr.stage": "sft_hq"}, "eval.rows.agent_hqr.stage"),
+    ({"eval.rows.agent_hqr.kind": "judge"}, "eval.rows.agent_hqr.kind"),
+    ({"eval.submission_row": "nope"}, "eval.submission_row"),
+    ({"eval.checkpoint": "sft"}, "eval.checkpoint"),
+    ({"grpo.updates_per_batch": "0"}, "grpo.updates_per_batch"),
     ({"grpo.turns": "0"}, "grpo.turns"),
     ({"grpo.group_size": "1"}, "grpo.group_size"),
     ({"agent.sigma": "0"}, "agent.sigma"),
@@ -63,7 +70,8 @@ def test_bad_values_name_the_field(overrides, field):
 
 def test_message_shows_the_value():
     config = config_lib.load(SYNTHETIC + ":smoke", {"index.backend": "faiss"})
-    with pytest.raises(ConfigError, match=r"config\.index\.backend='faiss': expected"):
+    with pytest.raises(ConfigError, match=r"config\.index\.backend='faiss': no index backend of "
+                       r"that name; known: exact, scann"):
         defaults.validate(config)
 
 

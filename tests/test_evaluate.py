@@ -1,5 +1,6 @@
 """Tests for vsr_jax.evaluate beyond the metrics (test_metrics.py) and the end-to-end rows
-(test_train.py): the engine's top-k lists and their grounding."""
+(test_train.py): the engine's top-k lists and their grounding. The prediction export, which
+reproduces metrics.json on its own: test_train.py (on its end-to-end run)."""
 
 import os
 
@@ -7,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from vsr_jax import config_lib, evaluate, train
+from vsr_jax import config_lib, evaluate
+from vsr_jax.data import sources
 from vsr_jax.engine import encode, index as index_lib, towers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,7 +20,7 @@ SMOKE = os.path.join(REPO, "configs", "synthetic.py") + ":smoke"
 def lists_setup(tmp_path_factory):
   config = config_lib.load(SMOKE)
   workdir = str(tmp_path_factory.mktemp("eval"))
-  tokenizer, splits = train.load_data(config, workdir, splits=(config.data.eval_split,))
+  tokenizer, splits = sources.load_data(config, workdir, splits=(config.data.eval_split,))
   split = splits[config.data.eval_split]
   engine = towers.build_engine(config, len(tokenizer))
   params = jax.jit(lambda r: towers.init_engine(engine, config, r))(jax.random.key(0))

@@ -1,11 +1,15 @@
 """Tests for vsr_jax.objectives.grpo: advantages, KL, surrogate, aggregations against NumPy;
-episode_actions; grpo_loss end to end on the smoke config."""
+episode_actions; grpo_loss and the train step (mu updates per batch of rollouts) end to end on
+the smoke config."""
 import os
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax.training import train_state
 from params import random_params
 
 from vsr_jax import config_lib, rollout
@@ -176,8 +180,13 @@ def test_episode_actions_flattening_and_masks():
 
 
 
+def grpo_cfg(**overrides):
+    overrides = {"grpo.beta": 0.0} | {f"grpo.{k}": v for k, v in overrides.items()}
+    return config_lib.load(SMOKE, {k: str(v) for k, v in overrides.items()}).grpo
+
+
 @pytest.fixture(scope="module")
-def loss_setup():
+def world():
     config = config_lib.load(SMOKE, {"grpo.beta": "0.0"})
     agent = policy.build_agent(config, VOCAB, "sqr")
     engine = towers.build_engine(config, VOCAB)
@@ -211,16 +220,23 @@ def loss_setup():
     assert config.grpo.turns == 2
     spec = rollout.EpisodeConfig(turns=2, num_latents=1, refine="sqr", sigma=config.agent.sigma,
                                  mode="sample")
-    cfg = config.grpo
+    return types.SimpleNamespace(agent=agent, engine=engine, params=params,
+                                 engine_params=engine_params, corpus=corpus, batch=batch,
+                                 spec=spec, cfg=config.grpo)
+
+
+@pytest.fixture(scope="module")
+def loss_setup(world):
+    w = world
 
     @jax.jit
     def loss_and_grad(p, ref, rng):
         def f(pp):
-            return grpo.grpo_loss(agent, engine, pp, ref, engine_params, corpus, batch, rng,
-                                  spec, cfg)
+            return grpo.grpo_loss(w.agent, w.engine, pp, ref, w.engine_params, w.corpus, w.batch,
+                                  rng, w.spec, w.cfg)
         return jax.value_and_grad(f, has_aux=True)(p)
 
-    return params, loss_and_grad, cfg
+    return w.params, loss_and_grad, w.cfg
 
 
 def test_grpo_loss_gradient_finite_and_nonzero(loss_setup):
@@ -269,3 +285,117 @@ def test_reward_std_metric_is_the_within_group_std(loss_setup):
     (_, metrics), _ = loss_and_grad(matched_params(params), params, jax.random.key(2))
     # Every group's rewards tie (previous test), but the queries' rewards differ.
     assert float(metrics["reward_std"]) == pytest.approx(0.0, abs=1e-6)
+
+
+# ------------------------------------------------------------------ mu updates per batch
+
+
+@pytest.fixture(scope="module")
+def rollout_fns(world):
+    """Jitted sampling (a batch of rollouts) and forced replay (new log-probs) of `world`."""
+    w = world
+    sample = jax.jit(lambda p, rng: grpo.sample_rollouts(
+        w.agent, w.engine, p, w.params, w.engine_params, w.corpus, w.batch, rng, w.spec, w.cfg))
+    replay = jax.jit(lambda p, forced, rng: grpo.replay_logp(
+        w.agent, w.engine, p, w.engine_params, w.corpus, w.batch, forced, rng, w.spec))
+    return sample, replay
+
+
+def test_replay_at_the_sampling_params_gives_the_old_log_probs(world, rollout_fns):
+    sample, replay = rollout_fns
+    rng = jax.random.key(3)
+    rollouts, _ = sample(world.params, rng)
+    new = np.asarray(replay(world.params, rollouts["forced"], rng))
+    old, mask = np.asarray(rollouts["old_logp"]), np.asarray(rollouts["mask"]) > 0
+    G, B, A = old.shape
+    assert new.shape == old.shape and G == world.cfg.group_size
+    # Every kind of action was taken (layout: T verdicts, T spans, T * N latents).
+    T = world.spec.turns
+    assert mask[..., :T].any() and mask[..., T:2 * T].any() and mask[..., 2 * T:].any()
+    np.testing.assert_allclose(new[mask], old[mask], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.exp(new - old)[mask], 1.0, rtol=0, atol=1e-6)
+    _, stats = grpo.objective(new, rollouts, world.cfg)
+    assert float(stats["clip_frac"]) == 0.0
+    assert float(stats["kl"]) < 1e-6                 # the reference is the sampling policy
+
+
+def test_mu_1_step_equals_a_step_on_grpo_loss(world, loss_setup):
+    """At mu = 1 the one update is at the sampling params (ratio 1): grpo_loss's gradient."""
+    params, loss_and_grad, cfg = loss_setup
+    assert cfg.updates_per_batch == 1
+    other = random_params(jax.eval_shape(lambda p: p, params), 5)
+    state = train_state.TrainState.create(apply_fn=world.agent.apply, params=params,
+                                          tx=optax.sgd(1.0))     # new params = params - grads
+    step = jax.jit(grpo.make_train_step(world.agent, world.engine, world.engine_params, other,
+                                        world.corpus, world.spec, cfg))
+    rng = jax.random.key(1)
+    new_state, metrics = step(state, world.batch, rng)
+    (loss, expect), grads = loss_and_grad(params, other, rng)
+    by_hand = state.apply_gradients(grads=grads)
+    assert int(new_state.step) == 1
+    assert float(optax.tree.norm(grads)) > 0
+    np.testing.assert_allclose(float(metrics["grad_norm"]), float(optax.tree.norm(grads)),
+                               rtol=1e-5)
+    for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(by_hand.params)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+    assert float(metrics["clip_frac"]) == 0.0
+    for k, v in expect.items():
+        np.testing.assert_allclose(float(metrics[k]), float(v), rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_later_updates_clip_against_the_sampling_policy(world, rollout_fns):
+    """mu = 3 at a large learning rate: from the second update on the ratio leaves 1, clipping
+    engages, and a clipped action's surrogate has no gradient (NumPy reference: np_surrogate).
+    (SGD, whose update is linear in the gradient, so the step and the hand-written updates agree
+    closely; at 0.05 the ratios move to about 0.7 .. 1.4, while far larger steps send the
+    sigma-0.05 latents' ratios to 0.)"""
+    w = world
+    cfg = grpo_cfg(updates_per_batch=3)
+    eps = cfg.epsilon
+    state = train_state.TrainState.create(apply_fn=w.agent.apply, params=w.params,
+                                          tx=optax.sgd(0.05))
+    rng = jax.random.key(4)
+    step = jax.jit(grpo.make_train_step(w.agent, w.engine, w.engine_params, w.params, w.corpus,
+                                        w.spec, cfg))
+    final, metrics = step(state, w.batch, rng)
+
+    # The same three updates by hand, on one batch of rollouts sampled at the initial params.
+    sample, replay = rollout_fns
+    rollouts, _ = sample(w.params, rng)
+    forced = rollouts["forced"]
+
+    @jax.jit
+    def update(state):
+        def f(p):
+            return grpo.objective(replay(p, forced, rng), rollouts, cfg)
+        (loss, stats), grads = jax.value_and_grad(f, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads), stats
+
+    dloss_dlogp = jax.jit(jax.grad(lambda lp: grpo.objective(lp, rollouts, cfg)[0]))
+    old = np.asarray(rollouts["old_logp"], np.float64)
+    adv = np.broadcast_to(np.asarray(rollouts["adv"], np.float64)[..., None], old.shape)
+    mask = np.asarray(rollouts["mask"]) > 0
+    clip_fracs = []
+    for _ in range(cfg.updates_per_batch):
+        logp = replay(state.params, forced, rng)
+        g = np.asarray(dloss_dlogp(logp))
+        lp = np.asarray(logp, np.float64)
+        h = 1e-7
+        fd = (np_surrogate(lp + h, old, adv, eps) - np_surrogate(lp - h, old, adv, eps)) / (2 * h)
+        np_clipped = mask & (adv != 0) & (fd == 0.0)
+        assert (mask & (adv != 0) & ~np_clipped).any()      # not everything is clipped
+        np.testing.assert_array_equal(g[np_clipped], 0.0)
+        assert (g[mask & (adv != 0) & ~np_clipped] != 0).all()
+        assert (g[~mask] == 0).all()
+        state, stats = update(state)
+        np.testing.assert_allclose(float(stats["clip_frac"]), np_clipped.sum() / mask.sum(),
+                                   rtol=1e-6)
+        clip_fracs.append(float(stats["clip_frac"]))
+    assert clip_fracs[0] == 0.0 and clip_fracs[-1] > 0.0
+    for k, v in metrics.items():
+        assert np.isfinite(float(v)), k
+    np.testing.assert_allclose(float(metrics["clip_frac"]), clip_fracs[-1], rtol=1e-6)
+    assert int(final.step) == 1                   # one batch (the train loop's step count)
+    assert int(state.step) == cfg.updates_per_batch     # the three updates by hand
+    for got, want in zip(jax.tree.leaves(final.params), jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from vsr_jax.agent.policy import MATCHED as M, NOT_MATCHED as N
+from vsr_jax.config_lib import ConfigError
 from vsr_jax.objectives import rewards
 
 TAU = 0.5
@@ -131,8 +132,9 @@ def test_total_reward_weights():
 
 def test_total_reward_unknown_name():
     steps, batch = episode()
-    with pytest.raises(KeyError, match="config.grpo.rewards.format: no reward of that name"):
+    with pytest.raises(ConfigError, match="config.grpo.rewards.format='format': no reward of that "
+                       "name"):
         rewards.total_reward(steps, batch, cfg(answer=1.0, format=0.5))
     # Even a switched-off unknown reward is an error (a typo would otherwise pass silently).
-    with pytest.raises(KeyError, match="anwser"):
+    with pytest.raises(ConfigError, match="did you mean 'answer'"):
         rewards.total_reward(steps, batch, cfg(anwser=0.0))

@@ -10,11 +10,12 @@ import pytest
 from params import random_params
 from flax import traverse_util
 
-from vsr_jax import config_lib, train
+from vsr_jax import config_lib, registry, stages
 from vsr_jax.agent import policy
 from vsr_jax.data.tokenizer import PAD
 from vsr_jax.engine import towers
 from vsr_jax.objectives import sft
+from vsr_jax.stages import sft as sft_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "synthetic.py") + ":smoke"
@@ -222,7 +223,7 @@ def test_sft_loss_hqr_straight_through(loss_setup):
 
 
 def fake_split_and_retrieval(config, rng):
-    """A tiny 'train split' and the engine's view of it, as train.sft_stage reads them."""
+    """A tiny 'train split' and the engine's view of it, as the sft stage reads them."""
     V, Q, E = 20, 40, config.engine.embed_dim
     F, D, Lq = config.data.max_frames, config.data.feature_dim, config.data.max_query_len
     depth = config.sft.hard_pool_depth
@@ -240,14 +241,14 @@ def fake_split_and_retrieval(config, rng):
         times=np.sort(rng.uniform(0, 10, (Q, 2)), 1).astype(np.float32),
         features=rng.standard_normal((V, F, D)).astype(np.float32),
         num_frames=num_frames, frame_seconds=np.ones(V, np.float32))
-    retrieval = train.Retrieval(videos=videos, queries=queries, top_ids=top_ids,
+    retrieval = sft_stage.Retrieval(videos=videos, queries=queries, top_ids=top_ids,
                                 top_scores=top_scores,
                                 gt_score=scores[np.arange(Q), video_index])
     return split, retrieval
 
 
 def test_sft_step_trains_the_agent_and_leaves_the_engine_alone(loss_setup, monkeypatch):
-    """train.sft_stage's own step: the SQR agent's projectors and heads get gradients through
+    """The sft stage's own step: the SQR agent's projectors and heads get gradients through
     the frozen engine, and the engine's parameters stay bit-identical (not donated either)."""
     config, engine, engine_params, _ = loss_setup
     agent = policy.build_agent(config, VOCAB, "sqr")
@@ -258,7 +259,11 @@ def test_sft_step_trains_the_agent_and_leaves_the_engine_alone(loss_setup, monke
     real_init = policy.init_agent
     monkeypatch.setattr(policy, "init_agent", lambda a, c, r, e=None: random_params(
         jax.eval_shape(lambda rr: real_init(a, c, rr), r), 3))
-    stage = train.sft_stage(config, "sft", agent, engine, engine_params, split, retrieval)
+    ctx = stages.Context(config, "unused", tokenizer=range(VOCAB), splits={"train": split},
+                         engine=engine, params={"engine": engine_params},
+                         cache={"train_retrieval": retrieval})
+    stage = registry.STAGES.get("sft").loop(ctx)
+    assert stage.folder == "sft"
     state = stage.state
     start = jax.tree.map(np.array, state.params)
     for step in range(2):               # step 0 has learning rate 0 (linear warm-up from 0)

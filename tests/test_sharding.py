@@ -63,7 +63,8 @@ smoke, out = sys.argv[1], sys.argv[2]
 for n in (1, 8):
   config = config_lib.load(smoke, {
       "mesh.data": str(n), "stages": "('engine', 'sft', 'grpo')",
-      "eval.rows": "('engine_single_shot', 'agent_sqr_stage1', 'agent_sqr_stage2')",
+      "eval.rows": str({r: config_lib.load(smoke).eval.rows[r].to_dict() for r in
+                        ('engine_single_shot', 'agent_sqr_stage1', 'agent_sqr_stage2')}),
       "data.dir": out + "/data"})
   train.train_and_evaluate(config, f"{out}/mesh{n}")
 """

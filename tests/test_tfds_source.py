@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import real_data
-from vsr_jax import config_lib, defaults, train
+from vsr_jax import config_lib, defaults
+from vsr_jax.data import sources
 from vsr_jax.data import annotations, store
 from vsr_jax.data import tokenizer as tokenizer_lib
 from vsr_jax.data.tfds import builder as builder_lib
@@ -98,8 +99,8 @@ def test_a_split_file_added_after_the_build(tmp_path):
         source.prepare(config.data, str(tmp_path / "data"))
 
 
-def test_tvr_through_train_load_data(tmp_path):
-    """The hook in train.load_data, TVR's 1.5 s clips and its query features."""
+def test_tvr_through_load_data(tmp_path):
+    """The hook in sources.load_data, TVR's 1.5 s clips and its query features."""
     real_data.require(real_data.TVR_VAL, real_data.TVR_DUR)
     lines = open(real_data.TVR_VAL, encoding="utf-8").read().splitlines()[:40]
     rows = [json.loads(l) for l in lines]
@@ -116,7 +117,7 @@ def test_tvr_through_train_load_data(tmp_path):
         "data.tfds.query_features": "q.h5", "data.tfds.query_feature_dim": "4",
         "data.max_frames": "32"})
     defaults.validate(config)
-    _, splits = train.load_data(config, str(tmp_path / "work"))
+    _, splits = sources.load_data(config, str(tmp_path / "work"))
     assert set(splits) == {"train", "val"} and splits["train"] is splits["val"]
     val = splits["val"]
     assert val.num_queries == 40

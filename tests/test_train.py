@@ -9,10 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from vsr_jax import config_lib, train
+from vsr_jax import checkpoints, config_lib, stages, train
+from vsr_jax import metrics as metrics_lib
 from vsr_jax import workdir as workdir_lib
-from vsr_jax.data import batching, store
-from vsr_jax.engine import towers
+from vsr_jax.data import batching, sources
+from vsr_jax.stages import grpo as grpo_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "synthetic.py") + ":smoke"
@@ -63,6 +64,62 @@ def test_outputs_complete(run):
   assert first["desc_id"] == preds[0]["desc_id"] and len(first["predictions"][0]) == 4
 
 
+def test_predictions_reproduce_metrics_exactly(run):
+  """The reference report's recipe on the jsonl alone (METHOD.md section 7) gives metrics.json's
+  numbers exactly: VR R@k, MRR and mean rank from final_rank (orig_* from orig_rank), IoU@theta
+  and mIoU at R@1 from final_iou_r1, per-turn VR R@1 from turns[t].rank."""
+  workdir, returned = run
+  saved = workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
+  assert list(saved) == list(returned) == ["engine_single_shot", "agent_no_refine", "agent_hqr",
+                                           "agent_sqr_stage1", "agent_sqr_stage2"]
+  gated_out = 0          # turns whose positive IoU the gate zeroes
+  for name in saved:
+    m = saved[name]
+    with open(os.path.join(workdir, "predictions", f"{name}.jsonl")) as f:
+      preds = [json.loads(line) for line in f]
+    assert len(preds) == m["num_queries"] == returned[name]["num_queries"]
+    got = {}
+    for prefix, key in (("", "final_rank"), ("orig_", "orig_rank")):
+      rank = np.array([p[key] for p in preds], np.float64)
+      for k in metrics_lib.RECALL_KS:
+        got[f"{prefix}vr_r{k}"] = float(np.mean(rank <= k))
+      got[f"{prefix}mrr"] = float(np.mean(1.0 / rank))
+      got[f"{prefix}mean_rank"] = float(np.mean(rank))
+    iou = np.array([p["final_iou_r1"] for p in preds], np.float64)
+    for theta in metrics_lib.IOU_THRESHOLDS:
+      # The metric's own slack for IoUs a few ulp under theta (metrics._IOU_TOL).
+      got[f"vcmr_r1_iou{theta}"] = float(np.mean(iou >= theta - metrics_lib._IOU_TOL))
+    got["miou_r1"] = float(np.mean(iou))
+    for key, value in got.items():
+      assert value == m[key], (name, key, value, m[key])
+    turns = len(m["per_turn"])
+    assert all(len(p["turns"]) == turns for p in preds)
+    for t in range(turns):
+      rank = np.array([p["turns"][t]["rank"] for p in preds], np.float64)
+      iou = np.array([p["turns"][t]["iou_r1"] for p in preds], np.float64)
+      per_turn = m["per_turn"][t]
+      assert float(np.mean(rank <= 1)) == per_turn["vr_r1"], (name, t)
+      assert float(np.mean(iou)) == per_turn["miou_r1"], (name, t)
+      for theta in metrics_lib.IOU_THRESHOLDS:
+        assert (float(np.mean(iou >= theta - metrics_lib._IOU_TOL)) ==
+                per_turn[f"vcmr_r1_iou{theta}"]), (name, t, theta)
+    assert m["per_turn"][-1]["vr_r1"] == m["vr_r1"]
+
+    # The gate: a turn's iou_r1 is its IoU (iou_raw) only when it said `matched` on the ground
+    # truth (rank 1), else 0; the top-level fields are the final turn's.
+    for p in preds:
+      assert p["final_iou_r1"] == p["turns"][-1]["iou_r1"]
+      assert p["iou_raw"] == p["turns"][-1]["iou_raw"]
+      assert p["final_rank"] == p["turns"][-1]["rank"]
+      for tr in p["turns"]:
+        counts = tr["answer"] == "matched" and tr["retrieved_video"] == p["gt_video"]
+        assert counts == (tr["answer"] == "matched" and tr["rank"] == 1)
+        assert tr["iou_r1"] == (tr["iou_raw"] if counts else 0.0)
+        assert 0.0 <= tr["iou_raw"] <= 1.0
+        gated_out += tr["iou_raw"] > 0 and not counts
+  assert gated_out > 0
+
+
 def test_eval_mode_reproduces_metrics(run):
   workdir, _ = run
   with open(os.path.join(workdir, "metrics.json")) as f:
@@ -104,10 +161,8 @@ def test_interrupted_stage_resumes_exactly(run, tmp_path, monkeypatch):
   monkeypatch.setattr(batching, "engine_batch", real)
   train.train_and_evaluate(smoke(), partial)
   config = smoke()
-  tok = store.load_tokenizer(os.path.join(partial, "data"), "train")
-  engine = towers.build_engine(config, len(tok))
-  resumed = jax.tree.leaves(train.restore_engine(config, partial, engine))
-  straight = jax.tree.leaves(train.restore_engine(config, workdir, engine))
+  resumed = jax.tree.leaves(stages.load_params(config, partial, "engine"))
+  straight = jax.tree.leaves(stages.load_params(config, workdir, "engine"))
   for x, y in zip(resumed, straight):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
@@ -120,19 +175,39 @@ def test_eval_without_checkpoint_is_an_error(tmp_path):
     train.evaluate_workdir(config, workdir)
 
 
-@pytest.mark.parametrize("field, value", [("engine.text.mlp_dim", 48),
-                                          ("sft.ret_weight", 0.5)])
-def test_checkpoint_of_an_incompatible_config_is_an_error(run, tmp_path, field, value):
-  """A workdir whose checkpoints were made with another engine, or agents trained with another
-  sft section (stage-1 and stage-2 checkpoints carry it): refused, naming the field."""
+@pytest.mark.parametrize("field, value, needle", [
+    ("engine.text.mlp_dim", 48, "another structure or shapes"),
+    ("agent.latent_eps", 0.5, "agent.latent_eps: checkpoint 1.0, this run 0.5"),
+    ("engine.text.kind", "scratch2", None)])
+def test_checkpoint_of_an_incompatible_config_is_an_error(run, tmp_path, field, value, needle):
+  """Checkpoints whose parameters have other shapes, or mean something else (a
+  meaning-changing field of the stage): refused, naming the field and both values."""
   workdir, _ = run
   other = str(tmp_path / "other")
   shutil.copytree(workdir, other)
+  if needle is None:      # an unknown registered name is a config error first
+    with pytest.raises(config_lib.ConfigError, match="no text tower of that name"):
+      train.evaluate_workdir(smoke(**{field: value}), other)
+    return
   config = smoke(**{field: value})
   os.remove(os.path.join(other, "config.json"))
   workdir_lib.prepare(config, other, mode="train")
-  with pytest.raises(workdir_lib.WorkdirError, match=field):
+  with pytest.raises(workdir_lib.WorkdirError, match=needle):
     train.evaluate_workdir(config, other)
+
+
+def test_a_training_only_field_does_not_orphan_checkpoints(run, tmp_path):
+  """A field that changes how a stage trains, not what its parameters mean (sft.ret_weight):
+  the checkpoints still evaluate (before, every checkpoint carried whole config sections)."""
+  workdir, metrics = run
+  other = str(tmp_path / "other")
+  shutil.copytree(workdir, other)
+  config = smoke(**{"sft.ret_weight": 0.5, "eval.rows": str({
+      "agent_sqr_stage1": dict(kind="agent", stage="sft", turns=0, refine="")})})
+  os.remove(os.path.join(other, "config.json"))
+  workdir_lib.prepare(config, other, mode="train")
+  got = train.evaluate_workdir(config, other)
+  assert got["agent_sqr_stage1"] == metrics["agent_sqr_stage1"]
 
 
 def test_non_finite_loss_stops_naming_step_and_term(tmp_path, monkeypatch):
@@ -149,23 +224,19 @@ def test_non_finite_loss_stops_naming_step_and_term(tmp_path, monkeypatch):
   with pytest.raises(train.NonFiniteError, match=r"engine step 17: \w+ is nan"):
     train.train_and_evaluate(smoke(), workdir)
   # The last good checkpoint (step 15) is intact and restorable.
-  ckpt = workdir_lib.Checkpoints(workdir, "engine")
+  ckpt = checkpoints.Checkpoints(workdir, "engine")
   assert ckpt.latest_step() == 15
-  assert ckpt.description(15)["engine"]["train"]["steps"] == 30
+  assert ckpt.description(15)["stage"] == "engine"
 
 
 def test_two_phase_engine_keeps_the_joint_video_tower(tmp_path):
   """text_only_steps > 0: the 'engine_text' phase retrains the text tower only; the finished
   engine restores from both phases' checkpoints."""
-  config = smoke(**{"engine.train.text_only_steps": 10, "stages": "('engine',)",
-                    "eval.rows": "('engine_single_shot',)"})
+  config = smoke(**{"engine.train.text_only_steps": 10, "stages": "('engine',)"})
   workdir = str(tmp_path / "two")
   train.train_and_evaluate(config, workdir)
-  vocab = len(train.load_data(config, workdir)[0])
-  engine = towers.build_engine(config, vocab)
-  joint = train.restore_params(config, workdir, "engine", train._engine_state(config, engine),
-                               train.engine_description(config, vocab), 20)
-  final = train.restore_engine(config, workdir, engine)
+  joint = stages.load_params(config, workdir, "engine", at={"engine": 20})
+  final = stages.load_params(config, workdir, "engine")
   for a, b in zip(jax.tree.leaves(final["video"]), jax.tree.leaves(joint["video"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
@@ -177,9 +248,9 @@ def test_two_phase_engine_keeps_the_joint_video_tower(tmp_path):
 def test_stage_two_without_a_stage_one_checkpoint_is_refused_before_compiling(tmp_path,
                                                                               monkeypatch):
   calls = []
-  monkeypatch.setattr(train, "load_data", lambda *a, **k: calls.append(1))
+  monkeypatch.setattr(sources, "load_data", lambda *a, **k: calls.append(1))
   config = smoke(stages="('engine', 'grpo')")
-  with pytest.raises(workdir_lib.WorkdirError, match=r"checkpoints/sft holds no checkpoint"):
+  with pytest.raises(workdir_lib.WorkdirError, match=r"checkpoints/sft holds no finished"):
     train.train_and_evaluate(config, str(tmp_path / "g"))
   assert not calls                      # nothing was generated, trained or compiled
 
@@ -189,7 +260,7 @@ def test_grpo_queries_balance_right_and_wrong_first_retrievals(balanced):
   first_hit = np.zeros(1000, bool)
   first_hit[::10] = True                                  # 10 % right, as on the train split
   cfg = smoke(**{"grpo.batch_size": 8, "grpo.balanced": balanced}).grpo
-  queries = train.grpo_queries(first_hit, cfg, seed=0)
+  queries = grpo_stage.grpo_queries(first_hit, cfg, seed=0)
   batches = [queries(step) for step in range(200)]
   assert all(len(q) == 8 and len(set(q)) == 8 for q in batches)
   np.testing.assert_array_equal(queries(7), batches[7])   # deterministic in the step
@@ -203,6 +274,107 @@ def test_grpo_queries_balance_right_and_wrong_first_retrievals(balanced):
 def test_grpo_queries_without_a_right_first_retrieval_fall_back_to_uniform(caplog):
   cfg = smoke(**{"grpo.batch_size": 8}).grpo
   assert cfg.balanced
-  queries = train.grpo_queries(np.zeros(50, bool), cfg, seed=0)
+  queries = grpo_stage.grpo_queries(np.zeros(50, bool), cfg, seed=0)
   assert "GRPO samples queries uniformly" in caplog.text
   assert len(set(queries(0))) == 8
+
+
+# ------------------------------------------------------------- evaluating a trained run
+
+def files_digest(workdir):
+  """{path: sha1} of every file of a run except its evals/ (what an evaluation may add)."""
+  import hashlib
+  out = {}
+  for root, dirs, files in os.walk(workdir):
+    dirs[:] = [d for d in dirs if os.path.join(root, d) != os.path.join(workdir, "evals")]
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, workdir)] = hashlib.sha1(f.read()).hexdigest()
+  return out
+
+
+def cli(*args):
+  import subprocess
+  import sys
+  proc = subprocess.run([sys.executable, "-m", "vsr_jax.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_eval_name_reproduces_the_run_and_leaves_it_untouched(run):
+  """--mode=eval from the run's own config.json (no config file), into evals/NAME: the same
+  metrics.json, bit for bit, and not one byte of the run's own files changes."""
+  workdir, _ = run
+  before = files_digest(workdir)
+  code, _, err = cli(f"--workdir={workdir}", "--mode=eval", "--eval_name=again")
+  assert code == 0, err[-2000:]
+  with open(os.path.join(workdir, "metrics.json"), "rb") as a, \
+       open(os.path.join(workdir, "evals", "again", "metrics.json"), "rb") as b:
+    assert a.read() == b.read()
+  assert os.path.isfile(os.path.join(workdir, "evals", "again", "config.json"))
+  assert files_digest(workdir) == before
+
+
+def test_eval_with_more_turns_and_a_new_row(run):
+  """Evaluation at 3 turns (training used 2), of a row described on the command line."""
+  workdir, _ = run
+  before = files_digest(workdir)
+  rows = "{'sqr_t3': {'kind': 'agent', 'stage': 'grpo', 'turns': 0, 'refine': ''}}"
+  code, out, err = cli(f"--workdir={workdir}", "--mode=eval", "--eval_name=t3",
+                       "--config.eval.turns=3", f"--config.eval.rows={rows}")
+  assert code == 0, err[-2000:]
+  metrics = workdir_lib.read_json(os.path.join(workdir, "evals", "t3", "metrics.json"))
+  assert list(metrics) == ["sqr_t3"] and len(metrics["sqr_t3"]["per_turn"]) == 3
+  assert "sqr_t3" in out
+  assert files_digest(workdir) == before
+
+
+def test_eval_refuses_training_fields_and_unnamed_overrides(run):
+  workdir, _ = run
+  code, _, err = cli(f"--workdir={workdir}", "--mode=eval", "--eval_name=x",
+                     "--config.sft.steps=5")
+  assert code != 0 and "--config.sft.steps: only training reads this field" in err
+  assert "Traceback" not in err
+  code, _, err = cli(f"--workdir={workdir}", "--mode=eval", "--config.eval.turns=3")
+  assert code != 0 and "needs --eval_name" in err
+  assert not os.path.exists(os.path.join(workdir, "evals", "x"))
+
+
+def test_eval_of_an_earlier_checkpoint(run):
+  """eval.checkpoint=FOLDER:STEP evaluates a saved step; one that does not exist lists those
+  that do."""
+  workdir, _ = run
+  config = workdir_lib.read_config(workdir)
+  rows = {"s1": dict(kind="agent", stage="sft", turns=0, refine="")}
+  at15 = config_lib.set_values(workdir_lib.read_config(workdir).copy_and_resolve_references(),
+                               {"eval.checkpoint": "sft:15", "eval.rows": rows})
+  got = train.evaluate_workdir(at15, workdir, eval_name="sft15")
+  final = workdir_lib.read_json(os.path.join(workdir, "metrics.json"))["agent_sqr_stage1"]
+  assert got["s1"]["num_queries"] == final["num_queries"]
+  assert got["s1"] != final                      # another step's parameters
+  for bad, needle in (("sft:7", r"sft:7: no such step; saved: .*sft at steps 15, 20"),
+                      ("nope:3", r"no stage of this run writes a checkpoint folder 'nope'")):
+    cfg = config_lib.set_values(config.copy_and_resolve_references(),
+                                {"eval.checkpoint": bad, "eval.rows": rows})
+    with pytest.raises(workdir_lib.WorkdirError, match=needle):
+      train.evaluate_workdir(cfg, workdir, eval_name="bad")
+
+
+def test_a_run_written_before_new_fields_resumes_and_evaluates(run, tmp_path):
+  """config.json as the code before this layout wrote it (rows a tuple of names, agent.turns,
+  no grpo.updates_per_batch): it resumes (every stage restored) and evaluates the same."""
+  workdir, metrics = run
+  old = str(tmp_path / "old")
+  shutil.copytree(workdir, old, ignore=shutil.ignore_patterns("evals"))
+  saved = workdir_lib.read_json(os.path.join(old, "config.json"))
+  saved["agent"]["turns"] = saved["eval"].pop("turns")
+  saved["eval"]["rows"] = list(saved["eval"]["rows"])
+  for field in ("submission_row", "checkpoint"):
+    del saved["eval"][field]
+  del saved["grpo"]["updates_per_batch"], saved["agent"]["refine"], saved["imports"]
+  workdir_lib.write_json(os.path.join(old, "config.json"), saved)
+  config = workdir_lib.read_config(old)
+  assert config.eval.turns == 2 and list(config_lib.to_dict(config.eval.rows)) == list(metrics)
+  # Today's config file of the same run: nothing to retrain, the same numbers.
+  assert train.train_and_evaluate(smoke(), old) == metrics

@@ -1,8 +1,12 @@
-"""Configs: loading `file.py[:arg]`, applying `--config.a.b=value` overrides, checking fields.
+"""Configs: loading `file.py[:arg]`, applying overrides, checking fields.
 
 Config files live in `configs/` and define `get_config(arg) -> ml_collections.ConfigDict`
-(big_vision style). The resolved config is the one source of truth of a run: it is written to
-`config.json` in the workdir and compared on every later run there.
+(big_vision style). The command line reads them through `ml_collections.config_flags`
+(vsr_jax/main.py); the functions here load them from code (tests, sweeps, the notebook API),
+apply overrides given as text (`apply_overrides`) or as values (`set_values`, a sweep point's
+dict), and explain a bad override in one line with a suggestion (`explain`). The resolved
+config is the one source of truth of a run: it is written to `config.json` in the workdir and
+compared on every later run there.
 """
 
 from __future__ import annotations
@@ -17,7 +21,13 @@ from typing import Any, Iterable
 import ml_collections
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+  """Bad input (a config, a workdir, a data file): the message names the file, record or field
+  and what was expected. The command line prints it as one line; any other exception keeps its
+  traceback."""
+
+
+class ConfigError(InputError):
   """A config file, preset, field or value that cannot be used."""
 
 
@@ -92,26 +102,79 @@ def _parse_value(path: str, text: str, current: Any) -> Any:
 
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: dict[str, str]) -> ml_collections.ConfigDict:
-  """Applies {'a.b': 'value'} overrides; a misspelt field is an error with a suggestion."""
-  known = _field_names(config)
+  """Applies {'a.b': 'value'} overrides (text, as on the command line); a misspelt field is an
+  error with a suggestion."""
   for path, text in overrides.items():
-    node = config
-    parts = path.split(".")
-    for depth, part in enumerate(parts):
-      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        hint = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
-        where = ".".join(parts[:depth]) or "the top level"
-        raise ConfigError(
-            f"--config.{path}: no field {part!r} in {where}"
-            + (f" (did you mean --config.{hint[0]}?)" if hint else ""))
-      if depth < len(parts) - 1:
-        node = node[part]
-    leaf = parts[-1]
+    node, leaf = _node(config, path, "--config.")
     if isinstance(node[leaf], ml_collections.ConfigDict):
-      raise ConfigError(f"--config.{path}: is a section, not a field; set one of its fields.")
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = None
+      if not isinstance(value, dict):
+        raise ConfigError(f"--config.{path}: is a section; give a dict literal or set one of "
+                          "its fields")
+      value = ml_collections.ConfigDict(value)
+    else:
+      value = _parse_value(path, text, node[leaf])
     with node.unlocked():
-      node[leaf] = _parse_value(path, text, node[leaf])
+      node[leaf] = value
   return config
+
+
+def _node(config: ml_collections.ConfigDict, path: str, where: str):
+  """(parent section, leaf name) of field `path`; a misspelt name is an error with a hint."""
+  known = _field_names(config)
+  node = config
+  parts = path.split(".")
+  for depth, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      hint = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+      at = ".".join(parts[:depth]) or "the top level"
+      raise ConfigError(f"{where}{path}: no field {part!r} in {at}"
+                        + (f" (did you mean {where}{hint[0]}?)" if hint else ""))
+    if depth < len(parts) - 1:
+      node = node[part]
+  return node, parts[-1]
+
+
+def set_values(config: ml_collections.ConfigDict, values: dict[str, Any],
+               where: str = "") -> ml_collections.ConfigDict:
+  """Sets {'a.b': value} (Python values, as a sweep file gives them) with the checks of the
+  command line: the field exists (else a suggestion) and the value has its type. `where`
+  prefixes the messages (e.g. 'sweep point n4: ')."""
+  for path, value in values.items():
+    node, leaf = _node(config, path, where)
+    current = node[leaf]
+    if isinstance(current, ml_collections.ConfigDict):
+      if not isinstance(value, (dict, ml_collections.ConfigDict)):
+        raise ConfigError(f"{where}{path}={value!r}: is a section; expected a dict")
+      value = ml_collections.ConfigDict(dict(value))
+    else:
+      if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+      if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+      if (isinstance(value, bool) != isinstance(current, bool) or
+          (current is not None and not isinstance(value, type(current)))):
+        raise ConfigError(f"{where}{path}={value!r}: expected a {type(current).__name__}, got "
+                          f"{type(value).__name__}")
+    with node.unlocked():
+      node[leaf] = value
+  return config
+
+
+def explain(spec: str, overrides: dict[str, str]) -> str | None:
+  """Why `--config=spec` with these `--config.a.b=text` flags cannot load, as one line (a
+  missing file, an unknown preset, a misspelt field, a value of the wrong type); None when
+  they load (the failure was elsewhere)."""
+  if not spec:
+    return None
+  try:
+    load(spec, overrides)
+  except InputError as e:
+    return str(e)
+  return None
 
 
 def load(spec: str, overrides: dict[str, str] | None = None) -> ml_collections.ConfigDict:

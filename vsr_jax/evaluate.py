@@ -1,7 +1,10 @@
 """Evaluation: method rows under the FIG and TVR protocols, prediction export, the table.
 
-A method row is evaluated into a `RowResult`; `write_outputs` stages every row's files and
-metrics.json, then publishes them into the workdir (metrics.json last).
+A method row is described in config (eval.rows.<name> = dict(kind, stage, turns, refine)); its
+kind is a registered evaluator (`engine`: the engine alone; `agent`: greedy episodes of the
+stage's agent). Each row is evaluated into a `RowResult`; `write_outputs` stages every row's
+files and metrics.json, then publishes them into the output folder (metrics.json last): the
+run's workdir, or <workdir>/evals/<name>/ for another evaluation of a trained run.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
+from vsr_jax import config_lib, registry, rollout, sharding
 from vsr_jax import metrics as metrics_lib
-from vsr_jax import rollout, sharding
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
 from vsr_jax.engine import encode
+from vsr_jax.engine import index as index_lib
 from vsr_jax.engine.index import check_top_k
 from vsr_jax.progress import Progress
 
@@ -60,15 +65,21 @@ def row_metrics(row: RowResult, split) -> dict:
 
 
 def prediction_rows(row: RowResult, split):
+  """One record per query, with the reference evaluator's fields (METHOD.md section 7): a turn's
+  `iou_r1` is its span's IoU only when its verdict is `matched` AND its top-1 video is the
+  ground truth, else 0 (what mIoU@R1 and IoU@theta@R1 average); `iou_raw` is the ungated IoU.
+  `rank` is the GT rank at the turn (the reference's `policy_rank` for the per-turn R@k)."""
   final = row.turns[-1]
   for i in range(split.num_queries):
     gt = int(split.video_index[i])
     turns = []
     for t in row.turns:
-      hit = int(t.retrieved[i]) == gt
+      iou = float(metrics_lib.temporal_iou(t.pred_time[i], split.times[i]))
+      # The same gate as metrics.fig_metrics (ranks agree with the top-1: rank 1 <=> hit).
+      counts = bool(t.answer[i]) and int(t.retrieved[i]) == gt
       turns.append({
           "rank": int(t.rank[i]), "policy_rank": int(t.policy_rank[i]),
-          "iou_r1": float(metrics_lib.temporal_iou(t.pred_time[i], split.times[i])) if hit else 0.0,
+          "iou_r1": iou if counts else 0.0, "iou_raw": iou,
           "retrieved_video": split.video_ids[int(t.retrieved[i])],
           "answer": "matched" if t.answer[i] else "not_matched",
           "pred_time": [round(float(x), 3) for x in t.pred_time[i]],
@@ -77,9 +88,9 @@ def prediction_rows(row: RowResult, split):
         "desc_id": int(split.desc_ids[i]), "query": split.queries[i],
         "gt_video": split.video_ids[gt], "gt_time": [float(x) for x in split.times[i]],
         "orig_rank": int(row.orig_rank[i]), "final_rank": int(final.rank[i]),
-        "final_iou_r1": turns[-1]["iou_r1"], "answer": turns[-1]["answer"],
-        "pred_time": turns[-1]["pred_time"], "retrieved_video": turns[-1]["retrieved_video"],
-        "turns": turns,
+        "final_iou_r1": turns[-1]["iou_r1"], "iou_raw": turns[-1]["iou_raw"],
+        "answer": turns[-1]["answer"], "pred_time": turns[-1]["pred_time"],
+        "retrieved_video": turns[-1]["retrieved_video"], "turns": turns,
     }
 
 
@@ -336,3 +347,75 @@ def _agent_svmr(config, agent, params, engine, engine_params, split, k: int):
     return flat[i][ok] // F, flat[i][ok] % F, scores[i][ok]
 
   return _svmr_from_scores(split, windows, k)
+
+
+# ---------------------------------------------------------------------------- method rows
+
+@dataclasses.dataclass(frozen=True)
+class RowKind:
+  """A registered kind of method row: evaluate(ctx, name, row, split, corpus) -> RowResult
+  (ctx: the run's stages.Context; row: its eval.rows entry; corpus: rollout.Corpus)."""
+  evaluate: object
+
+
+def _engine_row(ctx, name, row, split, corpus):
+  return engine_single_shot(ctx.config, ctx.engine, ctx.stage_params(row.stage), split,
+                            corpus.index, name=name)
+
+
+def agent_episode(ctx, name, row):
+  """(agent module, greedy EpisodeConfig) of agent row `name` (its eval.rows entry `row`)."""
+  config = ctx.config
+  stage = registry.STAGES.get(row.stage, f"eval.rows.{name}.stage")
+  agent = stage.agent(ctx)
+  if agent is None:
+    raise config_lib.ConfigError(f"config.eval.rows.{name}.stage={row.stage!r}: an agent row "
+                                 "needs a stage that trains an agent")
+  refine = row.refine or stage.refiner(config)
+  if registry.REFINERS.get(refine).head != agent.refine:
+    raise config_lib.ConfigError(
+        f"config.eval.rows.{name}.refine={refine!r} reads the {registry.REFINERS.get(refine).head}"
+        f" head; stage {row.stage!r} trained an agent with the {agent.refine} head")
+  spec = rollout.EpisodeConfig(turns=row.turns or config.eval.turns,
+                               num_latents=config.agent.num_latents, refine=refine,
+                               sigma=config.agent.sigma, mode="greedy")
+  return agent, spec
+
+
+def _agent_row(ctx, name, row, split, corpus):
+  agent, spec = agent_episode(ctx, name, row)
+  return agent_row(ctx.config, name, agent, ctx.stage_params(row.stage), ctx.engine,
+                   ctx.engine_params, split, corpus, spec, mesh=ctx.mesh)
+
+
+registry.ROW_KINDS.register("engine", RowKind(_engine_row))
+registry.ROW_KINDS.register("agent", RowKind(_agent_row))
+
+
+def evaluate_run(ctx, out_dir: str) -> dict:
+  """Every row of config.eval.rows whose stage is in config.stages, on config.data.eval_split;
+  writes the outputs into out_dir (published atomically, metrics.json last)."""
+  config = ctx.config
+  split = ctx.splits[config.data.eval_split]
+  videos = encode.encode_videos(ctx.engine, ctx.engine_params, split.features, split.num_frames,
+                                config.eval.batch_size, name="encode corpus",
+                                every_seconds=config.log.progress_seconds)
+  index = index_lib.build_index(config, videos, mesh=ctx.mesh,
+                                directory=os.path.join(out_dir, "index", config.index.backend))
+  corpus = rollout.Corpus.from_split(index, split)
+  results = []
+  # Config order (to_dict keeps it; ConfigDict.items() would sort the names).
+  for name in config_lib.to_dict(config.eval.rows):
+    row = config.eval.rows[name]
+    if row.stage not in config.stages:
+      logging.info("row %s skipped: stage %s is not in config.stages", name, row.stage)
+      continue
+    results.append(registry.ROW_KINDS.get(row.kind, f"eval.rows.{name}.kind").evaluate(
+        ctx, name, row, split, corpus))
+  if not results:
+    raise config_lib.ConfigError("config.eval.rows: no row's stage is in config.stages")
+  names = [r.name for r in results]
+  main_row = config.eval.submission_row if config.eval.submission_row in names else names[-1]
+  all_metrics = write_outputs(out_dir, results, split, main_row=main_row)
+  print(format_table(all_metrics), flush=True)
+  return all_metrics

@@ -1,45 +1,83 @@
 """Entry point: flags -> train_and_evaluate / evaluate_workdir.
 
   python -m vsr_jax.main --config=configs/synthetic.py[:preset] [--config.a.b=value ...] \
-      --workdir=DIR [--mode=train|eval]
+      --workdir=DIR [--mode=train|eval] [--eval_name=NAME]
+
+The config comes through `ml_collections.config_flags` (`file.py:arg`, `--config.a.b=value`).
+`--mode=eval` reads the run's own config.json when no --config is given, and takes overrides of
+the fields evaluation reads only (eval, index, mesh, log, data.eval_split, ...); with
+--eval_name its outputs go to DIR/evals/NAME/, never over the run's own. Bad input ends with
+one clear line; any other exception keeps its traceback.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from vsr_jax import config_lib
 
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file: path/to/file.py[:arg] (--config.a.b=value overrides a field).")
 flags.DEFINE_string("workdir", None, "Directory of the run (config, data, checkpoints, outputs).")
 flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                  "train: run (or resume) every stage, then evaluate; eval: re-evaluate from "
-                  "the workdir's checkpoints.")
+                  "train: run (or resume) every stage, then evaluate; eval: evaluate the "
+                  "workdir's checkpoints.")
+flags.DEFINE_string("eval_name", "", "--mode=eval: write the outputs into DIR/evals/NAME/ "
+                    "(needed with overrides: the run's own outputs stay as they are).")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
-_CONFIG: list = []   # [spec, overrides], filled by the flags parser below
+RUN_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_config.py")
+
+
+def _value(argv, name):
+  """The value of --name=value / --name value in argv, or None."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      return arg.partition("=")[2]
+    if arg == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _overrides(argv) -> dict[str, str]:
+  out = {}
+  for i, arg in enumerate(argv):
+    m = re.match(r"--config\.([^=]+)(=(.*))?$", arg)
+    if m:
+      out[m.group(1)] = m.group(3) if m.group(2) else (argv[i + 1] if i + 1 < len(argv) else "")
+  return out
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """Takes --config=file[:arg] and --config.a.b=value out of argv; absl parses the rest."""
-  spec, overrides, rest = None, {}, [argv[0]]
-  args = iter(argv[1:])
-  for arg in args:
-    if arg.startswith("--config=") or arg == "--config":
-      spec = arg.partition("=")[2] if "=" in arg else next(args, "")
-    elif arg.startswith("--config."):
-      key, eq, value = arg[len("--config."):].partition("=")
-      if not eq:
-        value = next(args, "")
-      overrides[key] = value
-    else:
-      rest.append(arg)
-  if not spec:
-    sys.exit("error: --config=configs/<file>.py[:preset] is required")
-  _CONFIG[:] = [spec, overrides]
-  return flags.FLAGS(rest)
+  """absl's parse, with the run's own config for --mode=eval without --config, and bad input
+  explained in one line (config_flags reports a misspelt field as a KeyError)."""
+  argv = list(argv)
+  if _value(argv, "config") is None:
+    workdir = _value(argv, "workdir")
+    if _value(argv, "mode") != "eval" or not workdir:
+      sys.exit("error: --config=configs/<file>.py[:preset] is required (--mode=eval reads the "
+               "run's own config.json)")
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+      sys.exit(f"error: {workdir} has no config.json: there is no run to evaluate there")
+    argv.insert(1, f"--config={RUN_CONFIG}:{workdir}")
+  path = _value(argv, "config").partition(":")[0]
+  if not os.path.isfile(path):      # config_flags would report it only on first access
+    sys.exit(f"error: config file {path!r} does not exist (from --config={_value(argv, 'config')})")
+  try:
+    return FLAGS(argv)
+  except Exception as e:   # pylint: disable=broad-except (explained below, else re-raised)
+    why = config_lib.explain(_value(argv, "config"), _overrides(argv))
+    if why is None and isinstance(e, flags.Error):
+      why = str(e)
+    if why is None:
+      raise
+    sys.exit(f"error: {why}")
 
 
 class _QuietLibraries:
@@ -50,18 +88,36 @@ class _QuietLibraries:
     return record.levelno >= 30 or not any(n in record.pathname for n in noisy)
 
 
+def eval_config(config, overrides: dict):
+  """--mode=eval: the overrides may touch only what evaluation reads."""
+  from vsr_jax import workdir as workdir_lib   # pylint: disable=g-import-not-at-top
+  training = sorted(f for f in overrides if not workdir_lib.is_eval_field(f))
+  if training:
+    raise config_lib.ConfigError(
+        f"--config.{training[0]}: only training reads this field; --mode=eval evaluates the run "
+        "as it was trained (it may change eval.*, index.*, mesh.*, log.*, data.eval_split)")
+  if overrides and not FLAGS.eval_name:
+    raise config_lib.ConfigError(
+        f"--config.{next(iter(overrides))}: an evaluation with overrides needs --eval_name=NAME "
+        "(its outputs go to WORKDIR/evals/NAME/; the run's own stay as they are)")
+  return config
+
+
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  from vsr_jax import train   # after the flags: config errors come fast
   try:
-    config = config_lib.load(*_CONFIG)
-    from vsr_jax import train   # after the config: config errors come fast
+    config = _CONFIG.value
     if FLAGS.mode == "train":
+      if FLAGS.eval_name:
+        raise config_lib.ConfigError("--eval_name is for --mode=eval")
       train.train_and_evaluate(config, FLAGS.workdir)
     else:
-      train.evaluate_workdir(config, FLAGS.workdir)
-  except (config_lib.ConfigError, ValueError, FloatingPointError) as e:
-    # Bad input: one clear line, not a traceback.
+      eval_config(config, FLAGS["config"].override_values)
+      train.evaluate_workdir(config, FLAGS.workdir, FLAGS.eval_name)
+  except (config_lib.InputError, FloatingPointError) as e:
+    # Bad input (or a run that diverged): one clear line, not a traceback.
     logging.error("%s: %s", type(e).__name__, e)
     sys.exit(f"error: {e}")
 

@@ -12,13 +12,14 @@ episodes carry their last turn forward), with the log-probability of every actio
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vsr_jax import registry
 from vsr_jax.agent.policy import MATCHED, Agent
+from vsr_jax.agent.refiners import gaussian_logp  # noqa: F401 (the episode's latent policy)
 from vsr_jax.engine.towers import DualEncoder
 
 
@@ -50,7 +51,7 @@ class Corpus:
 class EpisodeConfig:
   turns: int
   num_latents: int
-  refine: str          # sqr | hqr
+  refine: str          # a registered refiner (vsr_jax/agent/refiners.py): sqr | hqr | ...
   sigma: float         # std of the Gaussian latent policy (sampling)
   mode: str            # greedy | sample | forced
 
@@ -62,11 +63,6 @@ def engine_view(agent: Agent, engine: DualEncoder, engine_params, frames, query_
   fv = engine.apply({"params": engine_params}, frames, method=DualEncoder.frame_vectors)
   return {"engine_frames": jax.lax.stop_gradient(fv),
           "query_vec": jax.lax.stop_gradient(query_vec)}
-
-
-def gaussian_logp(action, mean, sigma):
-  """Per-latent log-probability as in the reference: -mean_d (a - mu)^2 / (2 sigma^2)."""
-  return -jnp.mean(jnp.square(action - mean), axis=-1) / (2.0 * sigma ** 2)
 
 
 def span_to_seconds(span_frames, frame_seconds, duration):
@@ -90,6 +86,7 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
   q0 = engine.apply({"params": engine_params}, tokens, method=DualEncoder.encode_text)
   q0 = jax.lax.stop_gradient(q0)      # the engine is frozen; the original query is fixed
   F = corpus.features.shape[1]
+  refiner = registry.REFINERS.get(spec.refine)
 
   def turn(carry, t):
     q, done, record = carry
@@ -121,16 +118,8 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
       span_flat = jnp.argmax(span_lp, -1)
     span = jnp.stack([span_flat // F, span_flat % F], -1)
     # Refinement: the next query vector from the original query plus the new tokens.
-    if spec.refine == "sqr":
-      soft = agent.apply({"params": agent_params}, out["action"], method=Agent.soft_tokens)
-      refine_lp = gaussian_logp(out["action"], out["mean"], spec.sigma)        # [B, N]
-      refine_action = out["action"]
-    else:
-      soft = engine.apply({"params": engine_params}, out["words"],
-                          method=DualEncoder.word_vectors)
-      refine_lp = jnp.take_along_axis(jax.nn.log_softmax(out["logits"]),
-                                      out["words"][..., None], -1)[..., 0]   # [B, N]
-      refine_action = out["words"]
+    soft, refine_lp, refine_action = refiner.episode(agent, engine, agent_params,
+                                                     engine_params, out, spec.sigma)  # [B, N]
     q_next = engine.apply({"params": engine_params}, tokens, soft if N else None,
                           method=DualEncoder.encode_text)
     if f_t is None:

@@ -2,9 +2,11 @@
 a half-written workdir for a complete one.
 
   config.json            the resolved config (written first; later runs must match it)
-  checkpoints/<stage>/   Orbax CheckpointManager directories (committed atomically by Orbax)
+  checkpoints/<stage>/   Orbax CheckpointManager directories (vsr_jax/checkpoints.py)
   metrics.json           written last and atomically: its presence means the outputs are complete
   predictions/<row>.jsonl, tvr_submission.json, submissions/<row>.tvr.json, tb/ (TensorBoard)
+  evals/<name>/          `--mode=eval --eval_name=NAME`: the same outputs (and the eval's own
+                         config.json) for another evaluation of the run, never over its own
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ import json
 import os
 import shutil
 
-import jax
-import orbax.checkpoint as ocp
 from absl import logging
 
 from vsr_jax import config_lib
@@ -22,9 +22,17 @@ from vsr_jax import config_lib
 # Fields that may change between runs on one workdir: they change how a run is evaluated or
 # logged, not what it trained.
 MUTABLE_SECTIONS = ("eval", "index", "log", "mesh", "checkpoint")
+# What evaluation reads besides those sections: an evaluation may change these and only these
+# (anything else is a training field: --mode=eval refuses to override it).
+EVAL_FIELDS = ("eval", "index", "log", "mesh", "data.eval_split", "data.dir", "data.manual_dir",
+               "imports")
+# Fields renamed since a run was written: old path -> new path (read_config moves them).
+RENAMED = {"agent.turns": "eval.turns"}
+# Sections keyed by the run's own names: taken whole from a saved config.
+NAMED_SECTIONS = ("eval.rows", "grpo.rewards")
 
 
-class WorkdirError(ValueError):
+class WorkdirError(config_lib.InputError):
   """A workdir that cannot be used as asked; the message names the file and the problem."""
 
 
@@ -44,18 +52,58 @@ def read_json(path: str):
     raise WorkdirError(f"{path}: corrupt JSON ({e}); the workdir is damaged") from None
 
 
-def read_config(workdir: str):
-  """The config a run was trained with (its config.json) over today's base_config: fields added
-  since keep their defaults (an agent they change is then refused by its checkpoint's
-  description, naming the field). Locked, as a loaded config is."""
+def is_eval_field(path: str) -> bool:
+  return any(path == f or path.startswith(f + ".") for f in EVAL_FIELDS)
+
+
+def overlay(saved: dict):
+  """Today's base_config with a run's saved values on top: fields added since keep their
+  defaults (a checkpoint they change the meaning of is refused by its description, naming the
+  field); renamed fields move; fields the code no longer has are dropped, with a warning."""
   from vsr_jax import defaults   # pylint: disable=g-import-not-at-top (defaults imports data)
+  config = defaults.base_config()
+  flat = {}
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      path = prefix + key
+      if isinstance(value, dict) and path not in NAMED_SECTIONS:
+        walk(path + ".", value)
+      else:
+        flat[RENAMED.get(path, path)] = value
+
+  walk("", saved)
+  dropped = []
+  for path, value in flat.items():
+    parent, _, leaf = path.rpartition(".")
+    node = config
+    try:
+      for part in parent.split(".") if parent else ():
+        node = node[part]
+      current = node[leaf]
+    except (KeyError, AttributeError):
+      dropped.append(path)
+      continue
+    if path == "eval.rows" and isinstance(value, list):
+      # Written when rows were a tuple of built-in names: those rows as defined today.
+      value = {name: config_lib.to_dict(current)[name] for name in value if name in current}
+    node[leaf] = config_lib.from_dict({"x": value}).x
+    if hasattr(current, "to_json"):
+      node[leaf].unlock()
+  if dropped:
+    logging.warning("fields of a saved config that this code no longer has, ignored: %s",
+                    ", ".join(dropped))
+  config.lock()
+  return config
+
+
+def read_config(workdir: str):
+  """The config a run was trained with (its config.json) over today's defaults (`overlay`).
+  Locked, as a loaded config is."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     raise WorkdirError(f"{path} not found: there is no run in {workdir} (train one: make demo)")
-  config = defaults.base_config()
-  config.update(config_lib.from_dict(read_json(path)))
-  config.lock()
-  return config
+  return overlay(read_json(path))
 
 
 def prepare(config, workdir: str, *, mode: str) -> None:
@@ -68,77 +116,26 @@ def prepare(config, workdir: str, *, mode: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     write_json(path, current)
     return
-  saved = read_json(path)
+  saved = config_lib.to_dict(read_config(workdir))
   differ = config_lib.diff(saved, current)
   fixed = [f for f in differ if f.split(".")[0] not in MUTABLE_SECTIONS]
   if fixed:
+    both = "; ".join(f"{f}: the run {_get(saved, f)!r}, now {_get(current, f)!r}"
+                     for f in fixed[:5])
     raise WorkdirError(
         f"{workdir} holds a run of a different config: {', '.join(fixed)} differ from "
-        f"{path}. Use a new --workdir, or the same config.")
+        f"{path} ({both}). Use a new --workdir, or the same config.")
   if differ:
     logging.info("workdir %s: evaluation/logging fields changed: %s", workdir,
                  ", ".join(differ))
 
 
-class Checkpoints:
-  """One stage's checkpoints: the train state plus a JSON description of what made it."""
-
-  def __init__(self, workdir: str, stage: str, max_to_keep: int = 2):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints", stage))
-    self.stage = stage
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                                             create=True))
-
-  def latest_step(self):
-    return self.manager.latest_step()
-
-  def save(self, step: int, state, description: dict, extra: dict | None = None) -> None:
-    """extra: host-side arrays needed to resume exactly (restored as saved, no template)."""
-    items = {"state": ocp.args.StandardSave(state),
-             "description": ocp.args.JsonSave(description)}
-    if extra:
-      items["extra"] = ocp.args.StandardSave(extra)
-    self.manager.save(step, args=ocp.args.Composite(**items))
-    self.manager.wait_until_finished()
-
-  def restore_extra(self, step: int) -> dict:
-    if not os.path.isdir(os.path.join(self.directory, str(step), "extra")):
-      return {}
-    try:
-      return self.manager.restore(
-          step, args=ocp.args.Composite(extra=ocp.args.StandardRestore())).extra
-    except Exception as e:
-      raise WorkdirError(
-          f"checkpoint {self.directory}/{step}: unreadable resume data ({e})") from None
-
-  def description(self, step: int) -> dict:
-    try:
-      return self.manager.restore(
-          step, args=ocp.args.Composite(description=ocp.args.JsonRestore())).description
-    except Exception as e:  # Orbax raises many types for damaged files
-      raise WorkdirError(
-          f"checkpoint {self.directory}/{step} is unreadable or incomplete ({e})") from None
-
-  def restore(self, step: int, abstract_state, description: dict):
-    """Restores into the shape of `abstract_state`; a checkpoint of another config is an error."""
-    saved = self.description(step)
-    differ = config_lib.diff(saved, description)
-    if differ:
-      raise WorkdirError(
-          f"checkpoint {self.directory}/{step} was made with a different config: "
-          f"{', '.join(differ)} differ; it cannot be restored into this run")
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    try:
-      return self.manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
-    except Exception as e:
-      raise WorkdirError(
-          f"checkpoint {self.directory}/{step} does not fit this run's {self.stage} state "
-          f"({e})") from None
-
-  def close(self):
-    self.manager.close()
+def _get(tree: dict, path: str):
+  for part in path.split("."):
+    if not isinstance(tree, dict) or part not in tree:
+      return None
+    tree = tree[part]
+  return tree
 
 
 def publish(workdir: str, staging: str) -> None:

@@ -307,7 +307,10 @@ class Agent(nn.Module):
 
 
 def build_agent(config, vocab_size: int, refine: str) -> Agent:
-  """The agent of config.agent with refiner `refine` (sqr | hqr; one config trains both)."""
+  """The agent of config.agent with the head the registered refiner `refine` reads (sqr | hqr;
+  vsr_jax/agent/refiners.py)."""
+  from vsr_jax import registry   # pylint: disable=g-import-not-at-top (refiners import us)
+  refine = registry.REFINERS.get(refine, "agent.refine").head
   a = config.agent
   return Agent(vocab_size=vocab_size, max_query_len=config.data.max_query_len,
                max_frames=config.data.max_frames, width=a.width, depth=a.depth, heads=a.heads,

@@ -16,8 +16,10 @@ import math
 
 from absl import logging
 
+from vsr_jax import config_lib
 
-class AnnotationError(ValueError):
+
+class AnnotationError(config_lib.InputError):
   """An annotation row that cannot be used; the message names file, line and field."""
 
 

@@ -30,7 +30,7 @@ from vsr_jax.progress import Progress
 FORMAT = "vsr_jax-dataset/1"
 
 
-class DatasetError(ValueError):
+class DatasetError(config_lib.InputError):
   """A dataset directory or file that cannot be used; the message names it."""
 
 

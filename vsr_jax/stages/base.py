@@ -1,0 +1,262 @@
+"""What every training stage shares: the registered `Stage` interface, the run's `Context`, the
+one training loop (`run_loop`), restoring a stage's parameters (`load_params`), and the keys
+that tell when two runs' stages are the same training (sweeps share those checkpoints).
+
+A stage (vsr_jax/stages/<name>.py) says how to build its state, its step, its batches and how
+to restore it; `train.py` only sequences the stages named in config.stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import zlib
+from typing import Callable
+
+import jax
+import numpy as np
+from absl import logging
+from flax.training import train_state
+
+from vsr_jax import checkpoints, registry, sharding
+from vsr_jax.data import sources
+from vsr_jax.engine import towers
+from vsr_jax.progress import Progress
+from vsr_jax.workdir import WorkdirError
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced a non-finite value; the message names the step and the term."""
+
+
+# ------------------------------------------------------------------------ the run's context
+
+@dataclasses.dataclass
+class Context:
+  """What stages read and produce in one run: the config, the data, the engine, finished
+  stages' parameters (by stage name) and things stages share (e.g. the engine's view of the
+  train split)."""
+  config: object
+  workdir: str
+  tokenizer: object
+  splits: dict
+  engine: towers.DualEncoder
+  mesh: object = None
+  writer: object = None
+  params: dict = dataclasses.field(default_factory=dict)
+  cache: dict = dataclasses.field(default_factory=dict)
+  at: dict = dataclasses.field(default_factory=dict)   # checkpoint folder -> step to restore
+
+  @classmethod
+  def open(cls, config, workdir: str, *, splits=None, mesh=None) -> "Context":
+    """Loads the data (splits; default: the eval split, which gives the tokenizer too) and
+    builds the engine module."""
+    tokenizer, loaded = sources.load_data(config, workdir,
+                                          splits=splits or (config.data.eval_split,),
+                                          tokenizer=towers.tokenizer_for(config))
+    engine = towers.build_engine(config, len(tokenizer))
+    return cls(config, workdir, tokenizer, loaded, engine, mesh=mesh)
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.tokenizer)
+
+  def stage_params(self, name: str):
+    """A finished stage's parameters: trained in this run, or restored from the workdir."""
+    if name not in self.params:
+      self.params[name] = registry.STAGES.get(name, "stages").restore(self)
+    return self.params[name]
+
+  @property
+  def engine_params(self):
+    return self.stage_params("engine")
+
+
+# ------------------------------------------------------------------------ stages
+
+class Stage:
+  """A registered training stage. Subclasses set the class fields and implement train and
+  restore (both return the stage's final parameters)."""
+  name: str = ""
+  after: tuple = ()      # stages whose parameters it starts from or reads
+  # Config fields (sections or leaves) that decide what it trains; with the keys of `after`
+  # they make its sharing key (`stage_key`): two runs with equal keys train the same thing.
+  reads: tuple = ()
+  # The short list of fields that change what its stored parameters mean (beyond their
+  # structure and shapes, which Orbax checks): a checkpoint that differs there is refused.
+  meaning: tuple = ()
+
+  def folders(self, config) -> list[tuple[str, int]]:
+    """(checkpoint folder, final step) of each of its loops, in order."""
+    raise NotImplementedError
+
+  def train(self, ctx: Context):
+    raise NotImplementedError
+
+  def restore(self, ctx: Context):
+    raise NotImplementedError
+
+  # Agent stages: the agent module their parameters belong to.
+  def refiner(self, config) -> str:
+    return ""
+
+  def agent(self, ctx: Context):
+    return None
+
+  def describe(self, config, folder: str) -> dict:
+    return checkpoints.describe(config, folder, self.meaning, key=stage_key(config, self.name))
+
+
+def stage_key(config, name: str) -> str:
+  """A digest of what stage `name` trains: its `reads` fields and its upstream stages' keys."""
+  stage = registry.STAGES.get(name, "stages")
+  payload = {f: checkpoints.field_value(config, f) for f in stage.reads}
+  payload["stage"] = name
+  payload["after"] = {a: stage_key(config, a) for a in stage.after}
+  text = json.dumps(payload, sort_keys=True, default=str)
+  return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def stage_keys(config) -> dict[str, str]:
+  """{stage: key} for every stage in config.stages (sweeps share equal keys' checkpoints)."""
+  return {name: stage_key(config, name) for name in config.stages}
+
+
+def folder_owner(config, folder: str) -> str | None:
+  """The stage of config.stages that writes checkpoint folder `folder`."""
+  for name in config.stages:
+    if folder in dict(registry.STAGES.get(name).folders(config)):
+      return name
+  return None
+
+
+def finished(config, workdir: str, name: str) -> bool:
+  """Whether every checkpoint folder of stage `name` holds its final step."""
+  for folder, steps in registry.STAGES.get(name, "stages").folders(config):
+    path = os.path.join(workdir, "checkpoints", folder)
+    if not os.path.isdir(path) or steps not in [int(d) for d in os.listdir(path) if d.isdigit()]:
+      return False
+  return True
+
+
+# ------------------------------------------------------------------------ the loop
+
+@dataclasses.dataclass
+class Loop:
+  """One checkpointed optimisation loop of a stage."""
+  folder: str                     # checkpoint folder, log prefix
+  steps: int
+  state: train_state.TrainState   # the initial state (also the restore template)
+  description: dict               # stored with each checkpoint (checkpoints.describe)
+  step_fn: Callable               # (state, batch, rng) -> (state, metrics)
+  batch_fn: Callable              # (step, state) -> host batch (dict of arrays)
+  extra_fn: Callable | None = None      # () -> host arrays saved to resume exactly
+  restore_extra: Callable | None = None  # (saved arrays) -> None
+
+
+def run_loop(loop: Loop, ctx: Context) -> train_state.TrainState:
+  """Restores a finished loop, resumes an interrupted one from its last checkpoint, stops on a
+  non-finite value naming the step and the term (the last good checkpoint stays), logs to
+  TensorBoard and prints a progress line."""
+  config = ctx.config
+  ckpt = checkpoints.Checkpoints(ctx.workdir, loop.folder, config.checkpoint.max_to_keep)
+  state = loop.state
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state = ckpt.restore(latest, state, loop.description)
+    if loop.restore_extra:
+      loop.restore_extra(ckpt.restore_extra(latest))
+    logging.info("%s: restored checkpoint at step %d", loop.folder, latest)
+  start = int(state.step)
+  if start >= loop.steps:
+    ckpt.close()
+    return state
+  mesh = ctx.mesh or sharding.make_mesh(config.mesh)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  data_sharding = sharding.batch_sharded(mesh)
+  base_rng = jax.random.PRNGKey(config.seed + zlib.crc32(loop.folder.encode()) % 10_000)
+  progress = Progress(loop.folder, loop.steps, "steps", config.log.progress_seconds)
+  for step in range(start, loop.steps):
+    batch = jax.device_put(loop.batch_fn(step, state), data_sharding)
+    new_state, metrics = loop.step_fn(state, batch, jax.random.fold_in(base_rng, step))
+    metrics = jax.device_get(metrics)
+    for term, value in metrics.items():
+      if not np.all(np.isfinite(value)):
+        ckpt.close()
+        raise NonFiniteError(
+            f"{loop.folder} step {step}: {term} is {value}; stopped. The last good checkpoint "
+            f"in {ckpt.directory} is kept (step {ckpt.latest_step()})")
+    state = new_state
+    done = step + 1
+    if ctx.writer is not None and (done % config.log.every_steps == 0 or done == loop.steps):
+      for term, value in metrics.items():
+        ctx.writer.add_scalar(f"{loop.folder}/{term}", float(value), done)
+    # Every step: the line itself appears at most every log.progress_seconds.
+    progress.update(done, " ".join(f"{k} {float(v):.3f}" for k, v in sorted(metrics.items())
+                                   if k in ("loss", "reward", "batch_r1", "verify_acc",
+                                            "ret_r1", "vr_r1", "clip_frac")))
+    if done % config.checkpoint.every_steps == 0 or done == loop.steps:
+      ckpt.save(done, state, loop.description,
+                extra=loop.extra_fn() if loop.extra_fn else None)
+  ckpt.close()
+  return state
+
+
+def restore_folder(ctx: Context, folder: str, state, description: dict, steps: int):
+  """The params of checkpoint folder `folder`: its final step (`steps`), or the step
+  ctx.at[folder] asks for (config.eval.checkpoint)."""
+  directory = os.path.join(ctx.workdir, "checkpoints", folder)
+  saved = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) \
+      if os.path.isdir(directory) else []
+  if not saved:
+    raise WorkdirError(
+        f"{os.path.abspath(directory)} holds no {folder} checkpoint: run that stage first "
+        f"(--mode=train){available(ctx.workdir)}")
+  step = ctx.at.get(folder)
+  if step is None:
+    step = saved[-1]
+    if step < steps:
+      raise WorkdirError(
+          f"{os.path.abspath(directory)}: the {folder} checkpoint is at step {step} of "
+          f"{steps}; resume training (--mode=train) first")
+  elif step not in saved:
+    raise WorkdirError(f"config.eval.checkpoint={folder}:{step}: no such step; "
+                       f"{available(ctx.workdir).lstrip('; ')}")
+  with checkpoints.Checkpoints(ctx.workdir, folder, create=False) as ckpt:
+    restored = ckpt.restore(step, state, description)
+  return jax.device_get(restored.params)
+
+
+def available(workdir: str) -> str:
+  """'; saved: engine at steps 15, 30; sft at 20' (what --config.eval.checkpoint can name)."""
+  root = os.path.join(workdir, "checkpoints")
+  parts = []
+  for folder in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    steps = sorted(int(d) for d in os.listdir(os.path.join(root, folder)) if d.isdigit())
+    if steps:
+      parts.append(f"{folder} at steps {', '.join(map(str, steps))}")
+  return "; saved: " + "; ".join(parts) if parts else "; the workdir holds no checkpoint"
+
+
+def parse_checkpoint(config, workdir: str) -> dict:
+  """config.eval.checkpoint 'FOLDER:STEP' -> {folder: step} (checked against the workdir)."""
+  if not config.eval.checkpoint:
+    return {}
+  folder, _, step = config.eval.checkpoint.partition(":")
+  if folder_owner(config, folder) is None:
+    raise WorkdirError(f"config.eval.checkpoint={config.eval.checkpoint}: no stage of this run "
+                       f"writes a checkpoint folder {folder!r}{available(workdir)}")
+  return {folder: int(step)}
+
+
+def load_params(config, workdir: str, stage: str, *, ctx: Context | None = None,
+                at: dict | None = None):
+  """The parameters of stage `stage` of the run in `workdir`: its final step, or the steps
+  `at` ({checkpoint folder: step}) names. ctx: an open Context of the run (else one is opened,
+  which loads the eval split for the tokenizer)."""
+  ctx = ctx or Context.open(config, workdir)
+  if at:
+    ctx = dataclasses.replace(ctx, at=dict(at), params={})
+  return registry.STAGES.get(stage, "stage").restore(ctx)
