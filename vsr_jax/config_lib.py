@@ -144,7 +144,10 @@ def set_values(config: ml_collections.ConfigDict, values: dict[str, Any],
   command line: the field exists (else a suggestion) and the value has its type. `where`
   prefixes the messages (e.g. 'sweep point n4: ')."""
   for path, value in values.items():
-    node, leaf = _node(config, path, where)
+    try:
+      node, leaf = _node(config, path, "")
+    except ConfigError as e:
+      raise ConfigError(f"{where}{e}") from None
     current = node[leaf]
     if isinstance(current, ml_collections.ConfigDict):
       if not isinstance(value, (dict, ml_collections.ConfigDict)):

@@ -1,0 +1,30 @@
+"""Ablation: the GRPO advantage estimator (grpo.advantage: grpo | dr_grpo | rloo).
+
+  python -m vsr_jax.sweep --sweep=configs/sweeps/advantage.py[:smoke] --workdir=DIR
+
+grpo: (r - mean) / std over the group; dr_grpo: r - mean (no std); rloo: leave-one-out mean
+(vsr_jax/objectives/grpo.py). Read by stage 2 only: the points share the engine and the
+stage-1 agent of each seed. Default: configs/synthetic.py's full budgets, 3 seeds, without the
+HQR stage. `:smoke`: configs/synthetic.py:smoke, grpo and rloo, one seed.
+"""
+
+from vsr_jax import config_lib
+
+
+def row(kind, stage, turns=0):
+  return dict(kind=kind, stage=stage, turns=turns, refine="")
+
+
+ROWS = {"agent_sqr_stage1": row("agent", "sft"), "agent_sqr_stage2": row("agent", "grpo")}
+
+
+def get_sweep(arg=None):
+  smoke = config_lib.check_preset(arg, ("default", "smoke"), __file__) == "smoke"
+  return dict(
+      config="configs/synthetic.py" + (":smoke" if smoke else ""),
+      base={"stages": ("engine", "sft", "grpo"), "eval.rows": ROWS},
+      points=[{"grpo.advantage": a}
+              for a in (("grpo", "rloo") if smoke else ("grpo", "dr_grpo", "rloo"))],
+      seeds=(0,) if smoke else (0, 1, 2),
+      rows=tuple(ROWS),
+      metrics=("vcmr_r1_iou0.5", "vr_r1", "ver_acc", "miou_r1"))

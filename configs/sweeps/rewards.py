@@ -1,0 +1,40 @@
+"""Ablation: the GRPO rewards (METHOD.md §4).
+
+  python -m vsr_jax.sweep --sweep=configs/sweeps/rewards.py[:smoke] --workdir=DIR
+
+Points: `all` (answer + grounding IoU + the paper's retrieval reward exp(-L_ret));
+`no_retrieval` (grpo.rewards.retrieval_exp_neg_ret = 0); `no_answer` (grpo.rewards.answer = 0);
+`delta_p` (the reference code's retrieval reward p_after - p_before in place of exp(-L_ret),
+at the same weight 0.8). The rewards are read by stage 2 only: the points share the engine and
+the stage-1 agent of each seed, and agent_sqr_stage1 is the same checkpoint in every point.
+Default: configs/synthetic.py's full budgets, 3 seeds, without the HQR stage. `:smoke`:
+configs/synthetic.py:smoke, points all and no_retrieval, one seed.
+"""
+
+from vsr_jax import config_lib
+
+
+def row(kind, stage, turns=0):
+  return dict(kind=kind, stage=stage, turns=turns, refine="")
+
+
+ROWS = {"agent_sqr_stage1": row("agent", "sft"), "agent_sqr_stage2": row("agent", "grpo")}
+POINTS = [
+    ("all", {}),
+    ("no_retrieval", {"grpo.rewards.retrieval_exp_neg_ret": 0.0}),
+    ("no_answer", {"grpo.rewards.answer": 0.0}),
+    ("delta_p", {"grpo.rewards.retrieval_exp_neg_ret": 0.0,
+                 "grpo.rewards.retrieval_delta_p": 0.8}),
+]
+
+
+def get_sweep(arg=None):
+  smoke = config_lib.check_preset(arg, ("default", "smoke"), __file__) == "smoke"
+  return dict(
+      config="configs/synthetic.py" + (":smoke" if smoke else ""),
+      base={"stages": ("engine", "sft", "grpo"), "eval.rows": ROWS},
+      points=POINTS[:2] if smoke else POINTS,
+      seeds=(0,) if smoke else (0, 1, 2),
+      swept=(),     # one tick per point
+      rows=tuple(ROWS),
+      metrics=("vcmr_r1_iou0.5", "vr_r1", "ver_acc", "miou_r1"))

@@ -1,0 +1,44 @@
+"""Ablation: the number of turns T at evaluation (eval.turns).
+
+  python -m vsr_jax.sweep --sweep=configs/sweeps/turns.py[:smoke] --workdir=DIR
+
+T in {1, 2, 3}: the SQR rows run eval.turns turns (their `turns` is 0; T = 1 is the first
+retrieval, unrefined), agent_no_refine stays at one turn. eval.turns is read by evaluation
+only, so every point of a seed shares every training stage (grpo.turns, the episode length in
+training, stays 2): a later point only evaluates. Default: configs/synthetic.py's full
+budgets, 3 seeds, without the HQR stage. `:smoke`: configs/synthetic.py:smoke, T in {1, 2},
+one seed, stages engine + sft.
+"""
+
+from vsr_jax import config_lib
+
+
+def row(kind, stage, turns=0):
+  return dict(kind=kind, stage=stage, turns=turns, refine="")
+
+
+ROWS = {
+    "engine_single_shot": row("engine", "engine"),
+    "agent_no_refine": row("agent", "sft", turns=1),
+    "agent_sqr_stage1": row("agent", "sft"),
+    "agent_sqr_stage2": row("agent", "grpo"),
+}
+SMOKE_ROWS = {k: ROWS[k] for k in ("engine_single_shot", "agent_sqr_stage1")}
+
+
+def get_sweep(arg=None):
+  smoke = config_lib.check_preset(arg, ("default", "smoke"), __file__) == "smoke"
+  if smoke:
+    return dict(
+        config="configs/synthetic.py:smoke",
+        base={"stages": ("engine", "sft"), "eval.rows": SMOKE_ROWS},
+        points=[{"eval.turns": t} for t in (1, 2)],
+        seeds=(0,),
+        rows=tuple(SMOKE_ROWS))
+  return dict(
+      config="configs/synthetic.py",
+      base={"stages": ("engine", "sft", "grpo"), "eval.rows": ROWS},
+      points=[{"eval.turns": t} for t in (1, 2, 3)],
+      seeds=(0, 1, 2),
+      rows=tuple(ROWS),
+      metrics=("vr_r1", "vcmr_r1_iou0.5", "ver_acc"))
