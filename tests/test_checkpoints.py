@@ -69,10 +69,12 @@ def test_restore_into_a_different_shape(saved):
     _, ck = saved
     bigger = {"params": {"w": jnp.zeros((3, 3)), "b": STATE["params"]["b"]},
               "step": STATE["step"]}
-    with pytest.raises(WorkdirError, match="does not fit this run's engine state: its parameters have another structure"):
+    with pytest.raises(WorkdirError, match="does not fit this run's engine state: its parameters have "
+                       "another structure"):
         ck.restore(5, bigger, DESCRIPTION)
     missing = {"params": {"w": STATE["params"]["w"]}, "step": STATE["step"]}
-    with pytest.raises(WorkdirError, match="does not fit this run's engine state: its parameters have another structure"):
+    with pytest.raises(WorkdirError, match="does not fit this run's engine state: its parameters have "
+                       "another structure"):
         ck.restore(5, missing, DESCRIPTION)
 
 

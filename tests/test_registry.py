@@ -172,3 +172,4 @@ def test_toy_refiner_drives_the_episode(toy):
     out[name] = run(params, corpus, tokens, gt)
   assert toy_pieces.CALLS["refiner"] >= 1
   assert not np.allclose(out["sqr"]["next_query"], out["toy_half_sqr"]["next_query"])
+

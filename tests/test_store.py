@@ -1,5 +1,6 @@
 """Tests for vsr_jax.data.store: writing the synthetic dataset, loading splits, checks."""
 import json
+import glob
 import os
 import shutil
 
@@ -47,7 +48,7 @@ def test_write_synthetic_layout(dataset):
     out, meta = dataset
     assert sorted(os.listdir(out)) == ["annotations", "features", "meta.json", "videos",
                                        "vocab.txt"]
-    assert not os.path.exists(out + ".partial")
+    assert not glob.glob(out + ".partial*")
     assert meta["format"] == store.FORMAT and meta["feature_dim"] == 32
     assert set(meta["splits"]) == {"train", "test"}            # val_videos = 0: no file
     assert meta["splits"]["train"]["videos"] == 96
@@ -171,10 +172,30 @@ def test_interrupted_write_leaves_no_dataset(tmp_path, monkeypatch):
     assert not os.path.exists(out)
     monkeypatch.setattr(np, "save", real_save)
     meta = store.write_synthetic(data_cfg(), out)
-    assert not os.path.exists(out + ".partial")
+    assert not glob.glob(out + ".partial*")
     assert len(os.listdir(os.path.join(out, "features"))) == 96 + 64
     assert load(out, "test").num_videos == 64
     assert meta["splits"]["test"]["videos"] == 64
+
+
+def test_two_writers_of_one_data_dir(tmp_path, monkeypatch):
+    """Runs sharing a data.dir may generate it at once: each writes its own temporary folder,
+    the first to finish publishes, the other keeps that copy; a dead writer's leftovers go."""
+    out = str(tmp_path / "data")
+    stale = out + ".partial-999999999"
+    os.makedirs(stale)
+    real_replace = os.replace
+
+    def other_writer_first(src, dst):
+        if dst == out and not os.path.exists(out):
+            shutil.copytree(src, out)                    # the other writer published first
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", other_writer_first)
+    meta = store.write_synthetic(data_cfg(), out)
+    assert meta["splits"]["test"]["videos"] == 64
+    assert not glob.glob(out + ".partial*")
+    assert load(out, "test").num_videos == 64
 
 
 def test_nan_feature_names_the_file(dataset_copy):

@@ -31,15 +31,21 @@ class ConfigError(InputError):
   """A config file, preset, field or value that cannot be used."""
 
 
+def load_module(path: str, prefix: str):
+  """The Python file at `path` as a module (config and sweep files are files, not modules)."""
+  module_spec = importlib.util.spec_from_file_location(
+      prefix + os.path.basename(path).removesuffix(".py"), path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/file.py[:arg]` and returns its locked config."""
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise ConfigError(f"config file {path!r} does not exist (from --config={spec}).")
-  module_spec = importlib.util.spec_from_file_location(
-      "vsr_config_" + os.path.basename(path).removesuffix(".py"), path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = load_module(path, "vsr_config_")
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config file {path!r} defines no get_config(arg).")
   config = module.get_config(arg or None)

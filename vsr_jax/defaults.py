@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vsr_jax import registry
+from vsr_jax import config_lib, registry
 from vsr_jax.config_lib import ConfigError
 from vsr_jax.data import synthetic
 
@@ -22,6 +22,13 @@ def rows(**defs) -> ml_collections.ConfigDict:
 # agent); stage: the training stage whose parameters it evaluates; turns: T (0 -> eval.turns);
 # refine: the refiner of its episodes ('' -> the one the stage trained).
 ROW_DEFAULTS = dict(kind="agent", stage="", turns=0, refine="")
+
+
+def default_rows(*names: str) -> dict:
+  """The base config's method rows called `names`, as plain dicts (for configs and sweeps that
+  evaluate a subset of them)."""
+  rows = config_lib.to_dict(base_config().eval.rows)
+  return {name: rows[name] for name in names}
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -10,8 +10,8 @@ A piece registers itself where it is defined:
 Each registry knows the modules that hold the built-in pieces of its kind and imports them on
 first lookup (a package's modules too, so a new file dropped into `vsr_jax/stages/` registers
 itself); a piece that lives in a new file elsewhere is imported through `config.imports`
-(module names, imported before the config is checked). Config validation reads `names()` of the registry: the registry is the one list
-of names.
+(module names, imported before the config is checked). Config validation reads `names()` of
+the registry: the registry is the one list of names.
 """
 
 from __future__ import annotations

@@ -44,7 +44,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -116,10 +115,7 @@ def read_file(spec: str) -> dict:
   path = _resolve(path)
   if not os.path.isfile(path):
     raise SweepError(f"sweep file {path!r} does not exist (from --sweep={spec})")
-  module_spec = importlib.util.spec_from_file_location(
-      "vsr_sweep_" + os.path.basename(path).removesuffix(".py"), path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  module = config_lib.load_module(path, "vsr_sweep_")
   if not hasattr(module, "get_sweep"):
     raise SweepError(f"sweep file {path!r} defines no get_sweep(arg)")
   out = module.get_sweep(arg or None)

@@ -8,14 +8,11 @@ stage-1 agent of each seed. Default: configs/synthetic.py's full budgets, 3 seed
 HQR stage. `:smoke`: configs/synthetic.py:smoke, grpo and rloo, one seed.
 """
 
-from vsr_jax import config_lib
+from vsr_jax import config_lib, defaults
 
 
-def row(kind, stage, turns=0):
-  return dict(kind=kind, stage=stage, turns=turns, refine="")
 
-
-ROWS = {"agent_sqr_stage1": row("agent", "sft"), "agent_sqr_stage2": row("agent", "grpo")}
+ROWS = defaults.default_rows("agent_sqr_stage1", "agent_sqr_stage2")
 
 
 def get_sweep(arg=None):

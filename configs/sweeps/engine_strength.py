@@ -12,18 +12,11 @@ shared. Default: configs/synthetic.py's full budgets, 3 seeds, without the HQR s
 share for both towers), fine_keep in {0, 1}, one seed, stages engine + sft.
 """
 
-from vsr_jax import config_lib
+from vsr_jax import config_lib, defaults
 
 
-def row(kind, stage, turns=0):
-  return dict(kind=kind, stage=stage, turns=turns, refine="")
 
-
-ROWS = {
-    "engine_single_shot": row("engine", "engine"),
-    "agent_sqr_stage1": row("agent", "sft"),
-    "agent_sqr_stage2": row("agent", "grpo"),
-}
+ROWS = defaults.default_rows("engine_single_shot", "agent_sqr_stage1", "agent_sqr_stage2")
 SMOKE_ROWS = {k: ROWS[k] for k in ("engine_single_shot", "agent_sqr_stage1")}
 
 

@@ -11,14 +11,11 @@ Default: configs/synthetic.py's full budgets, 3 seeds, without the HQR stage. `:
 configs/synthetic.py:smoke, points all and no_retrieval, one seed.
 """
 
-from vsr_jax import config_lib
+from vsr_jax import config_lib, defaults
 
 
-def row(kind, stage, turns=0):
-  return dict(kind=kind, stage=stage, turns=turns, refine="")
 
-
-ROWS = {"agent_sqr_stage1": row("agent", "sft"), "agent_sqr_stage2": row("agent", "grpo")}
+ROWS = defaults.default_rows("agent_sqr_stage1", "agent_sqr_stage2")
 POINTS = [
     ("all", {}),
     ("no_retrieval", {"grpo.rewards.retrieval_exp_neg_ret": 0.0}),

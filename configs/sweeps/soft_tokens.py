@@ -10,13 +10,10 @@ without the HQR stage (not part of this ablation). `:smoke`: configs/synthetic.p
 N in {0, 4}, one seed, stages engine + sft only and two rows (for tests).
 """
 
-from vsr_jax import config_lib
+from vsr_jax import config_lib, defaults
 
 ROWS = ("engine_single_shot", "agent_sqr_stage1", "agent_sqr_stage2")
-SMOKE_ROWS = {
-    "engine_single_shot": dict(kind="engine", stage="engine", turns=0, refine=""),
-    "agent_sqr_stage1": dict(kind="agent", stage="sft", turns=0, refine=""),
-}
+SMOKE_ROWS = defaults.default_rows("engine_single_shot", "agent_sqr_stage1")
 
 
 def get_sweep(arg=None):

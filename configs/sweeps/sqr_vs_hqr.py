@@ -9,18 +9,11 @@ each seed. Default: configs/synthetic.py's full budgets, 3 seeds, stage 2 (GRPO)
 (both rows are stage 1). `:smoke`: configs/synthetic.py:smoke, N in {2, 4}, one seed.
 """
 
-from vsr_jax import config_lib
+from vsr_jax import config_lib, defaults
 
 
-def row(kind, stage, turns=0):
-  return dict(kind=kind, stage=stage, turns=turns, refine="")
 
-
-ROWS = {
-    "engine_single_shot": row("engine", "engine"),
-    "agent_hqr": row("agent", "sft_hqr"),
-    "agent_sqr_stage1": row("agent", "sft"),
-}
+ROWS = defaults.default_rows("engine_single_shot", "agent_hqr", "agent_sqr_stage1")
 SMOKE_ROWS = {k: ROWS[k] for k in ("agent_hqr", "agent_sqr_stage1")}
 
 

@@ -9,18 +9,11 @@ is the same checkpoint in every point. Default: configs/synthetic.py's full budg
 without the HQR stage. `:smoke`: configs/synthetic.py:smoke, grpo.steps in {2, 4}, one seed.
 """
 
-from vsr_jax import config_lib
+from vsr_jax import config_lib, defaults
 
 
-def row(kind, stage, turns=0):
-  return dict(kind=kind, stage=stage, turns=turns, refine="")
 
-
-ROWS = {
-    "engine_single_shot": row("engine", "engine"),
-    "agent_sqr_stage1": row("agent", "sft"),
-    "agent_sqr_stage2": row("agent", "grpo"),
-}
+ROWS = defaults.default_rows("engine_single_shot", "agent_sqr_stage1", "agent_sqr_stage2")
 SMOKE_ROWS = {k: ROWS[k] for k in ("agent_sqr_stage1", "agent_sqr_stage2")}
 
 

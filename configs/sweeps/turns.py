@@ -10,19 +10,12 @@ budgets, 3 seeds, without the HQR stage. `:smoke`: configs/synthetic.py:smoke, T
 one seed, stages engine + sft.
 """
 
-from vsr_jax import config_lib
+from vsr_jax import config_lib, defaults
 
 
-def row(kind, stage, turns=0):
-  return dict(kind=kind, stage=stage, turns=turns, refine="")
 
-
-ROWS = {
-    "engine_single_shot": row("engine", "engine"),
-    "agent_no_refine": row("agent", "sft", turns=1),
-    "agent_sqr_stage1": row("agent", "sft"),
-    "agent_sqr_stage2": row("agent", "grpo"),
-}
+ROWS = defaults.default_rows(
+    "engine_single_shot", "agent_no_refine", "agent_sqr_stage1", "agent_sqr_stage2")
 SMOKE_ROWS = {k: ROWS[k] for k in ("engine_single_shot", "agent_sqr_stage1")}
 
 

@@ -40,6 +40,10 @@ def load_data(config, workdir: str, *, splits=None, tokenizer=None):
 
 def _load_store(config, directory, splits, tokenizer):
   """A directory in the project's layout (annotation JSONL + one .npy per video)."""
+  if not os.path.isdir(directory):
+    raise store.DatasetError(f"data.dir={directory!r}: no such directory (data.source="
+                             f"{config.data.source!r} reads annotations/<split>.jsonl and "
+                             "features/<video>.npy there)")
   tokenizer = tokenizer or store.load_tokenizer(directory, config.data.train_split)
   return tokenizer, {s: store.load_split(directory, s, config.data, tokenizer,
                                          progress_seconds=config.log.progress_seconds)

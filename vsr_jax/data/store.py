@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -77,8 +78,15 @@ def write_synthetic(data_cfg, out_dir: str, *, progress_seconds: float = 10.0) -
           f"{out_dir} holds a synthetic dataset of a different config ({', '.join(differ)} "
           "differ); use another data.dir or delete it")
     return meta
-  tmp = out_dir.rstrip("/") + ".partial"
-  shutil.rmtree(tmp, ignore_errors=True)   # leftovers of an interrupted write of ours
+  # One temporary folder per writer: two runs sharing a data.dir may generate at once; the
+  # first to finish publishes it, the other keeps that copy (the bytes are the same).
+  base = out_dir.rstrip("/")
+  for stale in glob.glob(base + ".partial-*"):    # leftovers of interrupted writes
+    pid = stale.rsplit("-", 1)[-1]
+    if not (pid.isdigit() and os.path.exists(f"/proc/{pid}")):
+      shutil.rmtree(stale, ignore_errors=True)
+  tmp = f"{base}.partial-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(os.path.join(tmp, "annotations"))
   os.makedirs(os.path.join(tmp, "features"))
   os.makedirs(os.path.join(tmp, "videos"))
@@ -111,7 +119,13 @@ def write_synthetic(data_cfg, out_dir: str, *, progress_seconds: float = 10.0) -
   meta = {"format": FORMAT, "source": "synthetic", "fps": 1.0,
           "feature_dim": data_cfg.feature_dim, "splits": splits, "synthetic": spec}
   atomic_write_text(os.path.join(tmp, "meta.json"), json.dumps(meta, indent=1))
-  os.replace(tmp, out_dir)
+  try:
+    os.replace(tmp, out_dir)
+  except OSError:
+    if not os.path.isdir(out_dir):
+      raise
+    shutil.rmtree(tmp, ignore_errors=True)      # another writer published it first
+    return write_synthetic(data_cfg, out_dir, progress_seconds=progress_seconds)
   logging.info("synthetic dataset written to %s: %s", out_dir, splits)
   return meta
 

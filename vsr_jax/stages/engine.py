@@ -154,9 +154,9 @@ class EngineStage(base.Stage):
                                  steps["engine"])
     # An earlier step of the joint phase (eval.checkpoint=engine:STEP) has no text phase yet.
     if "engine_text" in steps and not ("engine" in ctx.at and "engine_text" not in ctx.at):
-      text = base.restore_folder(ctx, "engine_text", text_state(config, engine, state.params["text"]),
-                                 self.describe(config, "engine_text"),
-                                 steps["engine_text"])["text"]
+      text = base.restore_folder(
+          ctx, "engine_text", text_state(config, engine, state.params["text"]),
+          self.describe(config, "engine_text"), steps["engine_text"])["text"]
       params = {"text": text, "video": params["video"]}
     return params
 

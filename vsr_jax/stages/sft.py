@@ -135,7 +135,8 @@ class SftStage(AgentStage):
     is_gt = cand == split.video_index[:, None]
     pools = (np.argwhere(is_gt), np.argwhere(~is_gt))          # (query, rank) pairs
     if min(len(p) for p in pools) == 0:
-      raise config_lib.InputError(f"{self.name}: no {'matched' if not len(pools[0]) else 'unmatched'} "
+      missing = "matched" if not len(pools[0]) else "unmatched"
+      raise config_lib.InputError(f"{self.name}: no {missing} "
                        f"pairs in the engine's top-{cfg.candidate_depth} of the train split; "
                        "SFT needs both")
     logging.info("%s: %d matched / %d not-matched (query, video) pairs from the engine's "
