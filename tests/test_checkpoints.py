@@ -123,3 +123,16 @@ def test_legacy_descriptions_are_read_by_field():
     assert checkpoints.incompatible(engine, {"fields": {"engine.text.kind": "minilm"}},
                                     defaults.base_config()) == [
         "engine.text.kind: checkpoint 'scratch', this run 'minilm'"]
+
+
+def test_legacy_descriptions_take_missing_fields_from_the_run():
+    """Descriptions before `fields` stored no data.* fields: a real-benchmark run's own config
+    (its config.json), not today's defaults, says what they were."""
+    engine = {"engine": {"text": {"kind": "scratch"}}, "seed": 0, "max_query_len": 32,
+              "feature_dim": 256, "vocab_size": 90}
+    run = defaults.base_config()
+    with run.unlocked():
+        run.data.source, run.data.tfds.name, run.data.fps = "tfds", "tvr/default", 0.5
+    now = {"fields": {"data.source": "tfds", "data.tfds.name": "tvr/default", "data.fps": 0.5}}
+    assert checkpoints.incompatible(engine, now, run) == []
+    assert len(checkpoints.incompatible(engine, now, defaults.base_config())) == 3

@@ -47,6 +47,11 @@ def test_base_config_validates():
     ({"eval.rows.agent_hqr.stage": "sft_hq"}, "eval.rows.agent_hqr.stage"),
     ({"eval.rows.agent_hqr.kind": "judge"}, "eval.rows.agent_hqr.kind"),
     ({"eval.submission_row": "nope"}, "eval.submission_row"),
+    ({"eval.submission_row": "agent_hqr", "stages": "('engine', 'sft')"},
+     "eval.submission_row"),                                            # its stage is not run
+    ({"eval.rows.agent_hqr.kind": "engine"}, "eval.rows.agent_hqr.stage"),   # no engine there
+    ({"eval.rows.engine_single_shot.kind": "agent"}, "eval.rows.engine_single_shot.stage"),
+    ({"eval.rows.agent_sqr_stage1.refine": "hqr"}, "eval.rows.agent_sqr_stage1.refine"),
     ({"eval.checkpoint": "sft"}, "eval.checkpoint"),
     ({"grpo.updates_per_batch": "0"}, "grpo.updates_per_batch"),
     ({"grpo.turns": "0"}, "grpo.turns"),

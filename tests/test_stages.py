@@ -63,3 +63,11 @@ def test_parse_checkpoint_names_what_exists(tmp_path):
   with pytest.raises(WorkdirError, match="no stage of this run writes a checkpoint folder 'sfft'"
                                          "; saved: sft at steps 20"):
     stages.parse_checkpoint(bad, str(tmp_path))
+
+
+def test_a_dataset_read_from_a_folder_keys_the_engine_by_that_folder():
+  def engine_key(folder):
+    return keys(**{"data.source": "files", "data.dir": folder,
+                   "engine.train.source": "train"})["engine"]
+  assert engine_key("/a") != engine_key("/b")
+  assert keys(**{"data.dir": "/a"})["engine"] == keys(**{"data.dir": "/b"})["engine"]  # generated

@@ -175,3 +175,13 @@ def test_read_config_fills_fields_added_since_the_run(tmp_path):
         config.new_field = 1                             # locked
     with pytest.raises(WorkdirError, match="config.json not found"):
         workdir.read_config(str(tmp_path / "nothing"))
+
+
+def test_prepare_for_eval_allows_what_evaluation_reads(tmp_path):
+    wd = str(tmp_path)
+    workdir.prepare(smoke(), wd, mode="train")
+    workdir.prepare(smoke(**{"data.eval_split": "val", "eval.turns": 3}), wd, mode="eval")
+    with pytest.raises(WorkdirError, match="data.dir"):
+        workdir.prepare(smoke(**{"data.dir": "/elsewhere"}), wd, mode="eval")
+    with pytest.raises(WorkdirError, match="data.eval_split"):      # training reads it there
+        workdir.prepare(smoke(**{"data.eval_split": "val"}), wd, mode="train")

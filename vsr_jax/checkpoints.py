@@ -68,7 +68,8 @@ def incompatible(saved: dict, current: dict, defaults) -> list[str]:
   """'field: checkpoint X, this run Y' for each meaning-changing field that differs.
 
   saved/current: descriptions; a field missing from the saved one takes its value in
-  `defaults` (today's base config): the code that wrote it did not have the field yet.
+  `defaults` (the run's config over today's base config: the code that wrote it did not have
+  the field yet, or did not store it).
   """
   stored = saved.get("fields")
   if stored is None:
@@ -91,6 +92,7 @@ class Checkpoints:
   """One stage's checkpoint folder (checkpoints/<name> in a workdir)."""
 
   def __init__(self, workdir: str, name: str, max_to_keep: int = 2, *, create: bool = True):
+    self.workdir = workdir
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints", name))
     self.name = name
     self.manager = ocp.CheckpointManager(
@@ -139,9 +141,8 @@ class Checkpoints:
   def restore(self, step: int, abstract_state, description: dict, defaults=None):
     """Restores into the shape of `abstract_state`; a checkpoint whose parameters mean
     something else (a meaning-changing field differs) or have another structure is refused."""
-    from vsr_jax import defaults as defaults_lib   # pylint: disable=g-import-not-at-top
     saved = self.description(step)
-    differ = incompatible(saved, description, defaults or defaults_lib.base_config())
+    differ = incompatible(saved, description, defaults or self._fallback())
     if differ:
       raise WorkdirError(
           f"checkpoint {self.directory}/{step} was trained with other meaning-changing "
@@ -154,6 +155,15 @@ class Checkpoints:
       raise WorkdirError(
           f"checkpoint {self.directory}/{step} does not fit this run's {self.name} state: its "
           f"parameters have another structure or shapes ({e})") from None
+
+  def _fallback(self):
+    """Where a description lacks a field: the run's own config.json (what the code that wrote
+    it had; descriptions before `fields` stored no data.* fields), over today's defaults (for
+    fields added since)."""
+    from vsr_jax import defaults, workdir   # pylint: disable=g-import-not-at-top
+    if os.path.isfile(os.path.join(self.workdir, "config.json")):
+      return workdir.read_config(self.workdir)
+    return defaults.base_config()
 
   def close(self):
     self.manager.close()

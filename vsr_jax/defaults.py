@@ -385,12 +385,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(set(row.keys()) == set(ROW_DEFAULTS), f"eval.rows.{name}",
          f"a dict with the fields {sorted(ROW_DEFAULTS)}")
     registry.ROW_KINDS.check(row.kind, f"eval.rows.{name}.kind")
-    registry.STAGES.check(row.stage, f"eval.rows.{name}.stage")
+    stage = registry.STAGES.get(row.stage, f"eval.rows.{name}.stage")
     need(row.turns >= 0, f"eval.rows.{name}.turns", ">= 0 (0: eval.turns)")
+    trained = stage.refiner(config)          # '' for a stage without an agent
+    need(bool(trained) == (row.kind != "engine"), f"eval.rows.{name}.stage",
+         "a stage that trains an agent for an agent row, the engine for an engine row")
     if row.refine:
-      registry.REFINERS.check(row.refine, f"eval.rows.{name}.refine")
-  need(not ev.submission_row or ev.submission_row in ev.rows, "eval.submission_row",
-       "'' or the name of a row in eval.rows")
+      head = registry.REFINERS.get(row.refine, f"eval.rows.{name}.refine").head
+      need(head == registry.REFINERS.get(trained).head, f"eval.rows.{name}.refine",
+           f"a refiner of the {registry.REFINERS.get(trained).head} head that stage "
+           f"{row.stage!r} trains")
+  need(not ev.submission_row or (ev.submission_row in ev.rows and
+                                 ev.rows[ev.submission_row].stage in config.stages),
+       "eval.submission_row", "'' or a row of eval.rows whose stage is in config.stages")
   need(not ev.checkpoint or (ev.checkpoint.count(":") == 1 and
                              ev.checkpoint.partition(":")[2].isdigit()),
        "eval.checkpoint", "'' or 'STAGE:STEP'")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from absl import logging
 from tensorboardX import SummaryWriter
 
 from vsr_jax import config_lib, defaults, evaluate, registry, sharding, stages
@@ -29,6 +30,10 @@ def check_before_compiling(config, workdir: str) -> None:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
+  if config.eval.checkpoint:
+    raise config_lib.ConfigError(
+        f"config.eval.checkpoint={config.eval.checkpoint}: evaluates an earlier step of a trained "
+        "run; use it with --mode=eval --eval_name=NAME")
   check_before_compiling(config, workdir)
   workdir_lib.prepare(config, workdir, mode="train")
   mesh = sharding.make_mesh(config.mesh)
@@ -54,14 +59,28 @@ def evaluate_workdir(config, workdir: str, eval_name: str = "") -> dict:
   workdir_lib.prepare(config, workdir, mode="eval")
   at = stages.parse_checkpoint(config, workdir)
   mesh = sharding.make_mesh(config.mesh)
+  if config.eval.batch_size % mesh.size:
+    raise config_lib.ConfigError(
+        f"config.eval.batch_size={config.eval.batch_size} must be divisible by the {mesh.size} "
+        "devices of the mesh (config.mesh.data)")
   ctx = stages.Context.open(config, workdir, mesh=mesh)
   ctx.at = at
+  for folder in at:
+    later = [s for s in config.stages if stages.folder_owner(config, folder) in
+             registry.STAGES.get(s).after]
+    if later:
+      logging.warning("eval.checkpoint=%s: the rows of %s evaluate their final parameters, "
+                      "trained against the final %s, with this earlier one", config.eval.checkpoint,
+                      ", ".join(later), folder)
   out = workdir
   if eval_name:
     if os.sep in eval_name or eval_name in (".", ".."):
       raise workdir_lib.WorkdirError(f"--eval_name={eval_name!r}: a plain folder name")
     out = eval_dir(workdir, eval_name)
     os.makedirs(out, exist_ok=True)
+    # An earlier evaluation of this name stops counting as complete before anything changes.
+    if os.path.exists(os.path.join(out, "metrics.json")):
+      os.remove(os.path.join(out, "metrics.json"))
     workdir_lib.write_json(os.path.join(out, "config.json"), config_lib.to_dict(config))
   elif at:
     raise workdir_lib.WorkdirError(

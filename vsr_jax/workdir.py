@@ -24,8 +24,9 @@ from vsr_jax import config_lib
 MUTABLE_SECTIONS = ("eval", "index", "log", "mesh", "checkpoint")
 # What evaluation reads besides those sections: an evaluation may change these and only these
 # (anything else is a training field: --mode=eval refuses to override it).
-EVAL_FIELDS = ("eval", "index", "log", "mesh", "data.eval_split", "data.dir", "data.manual_dir",
-               "imports")
+# (Not data.dir: another folder is another dataset, whose word vocabulary would remap the
+# run's token ids.)
+EVAL_FIELDS = ("eval", "index", "log", "mesh", "checkpoint", "data.eval_split", "imports")
 # Fields renamed since a run was written: old path -> new path (read_config moves them).
 RENAMED = {"agent.turns": "eval.turns"}
 # Sections keyed by the run's own names: taken whole from a saved config.
@@ -118,7 +119,9 @@ def prepare(config, workdir: str, *, mode: str) -> None:
     return
   saved = config_lib.to_dict(read_config(workdir))
   differ = config_lib.diff(saved, current)
-  fixed = [f for f in differ if f.split(".")[0] not in MUTABLE_SECTIONS]
+  changeable = (is_eval_field if mode == "eval" else
+                lambda f: f.split(".")[0] in MUTABLE_SECTIONS)
+  fixed = [f for f in differ if not changeable(f)]
   if fixed:
     both = "; ".join(f"{f}: the run {_get(saved, f)!r}, now {_get(current, f)!r}"
                      for f in fixed[:5])

@@ -105,6 +105,10 @@ class Stage:
   def agent(self, ctx: Context):
     return None
 
+  def key_fields(self, config) -> tuple:
+    """The fields of its sharing key (`reads`, plus what a stage adds for some configs)."""
+    return self.reads
+
   def describe(self, config, folder: str) -> dict:
     return checkpoints.describe(config, folder, self.meaning, key=stage_key(config, self.name))
 
@@ -112,7 +116,7 @@ class Stage:
 def stage_key(config, name: str) -> str:
   """A digest of what stage `name` trains: its `reads` fields and its upstream stages' keys."""
   stage = registry.STAGES.get(name, "stages")
-  payload = {f: checkpoints.field_value(config, f) for f in stage.reads}
+  payload = {f: checkpoints.field_value(config, f) for f in stage.key_fields(config)}
   payload["stage"] = name
   payload["after"] = {a: stage_key(config, a) for a in stage.after}
   text = json.dumps(payload, sort_keys=True, default=str)

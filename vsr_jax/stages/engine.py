@@ -86,6 +86,13 @@ class EngineStage(base.Stage):
   meaning = ("data.source", "data.tfds.name", "data.synthetic.seed", "data.fps",
              "engine.text.kind", "engine.text.pretrained_dir")
 
+  def key_fields(self, config):
+    # A source other than the generated world reads its data from a folder: the folder is the
+    # dataset (two runs on two folders never share an engine).
+    if config.data.source != "synthetic":
+      return self.reads + ("data.dir", "data.manual_dir")
+    return self.reads
+
   def folders(self, config):
     cfg = config.engine.train
     out = [("engine", joint_steps(cfg))]
