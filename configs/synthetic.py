@@ -6,6 +6,10 @@
                                           coarse captions alone (the index holds fine detail
                                           that the queries cannot reach); 12,000 train videos
   --config=configs/synthetic.py:smoke     seconds, for tests
+  --config=configs/synthetic.py:reduced   the default world at half the training budgets
+                                          (engine 400 steps of which 150 text-only, sft 225,
+                                          grpo 50) and half the test split (1,000 videos): the
+                                          ablation sweeps measured on this 2-core machine
   --config=configs/synthetic.py:fine_engine   the knob's other end: the text tower's retraining
                                               keeps every fine-grained token (an engine that
                                               reads fine-grained queries)
@@ -17,7 +21,7 @@
 
 from vsr_jax import config_lib, defaults
 
-PRESETS = ("default", "smoke", "fine_engine", "joint_engine")
+PRESETS = ("default", "smoke", "reduced", "fine_engine", "joint_engine")
 
 
 def get_config(arg=None):
@@ -29,6 +33,12 @@ def get_config(arg=None):
     config.data.synthetic.train_videos = 12000
   if preset == "fine_engine":
     config.engine.train.fine_keep = 1.0
+  if preset == "reduced":
+    config.engine.train.steps = 400
+    config.engine.train.text_only_steps = 150
+    config.sft.steps = 225
+    config.grpo.steps = 50
+    config.data.synthetic.test_videos = 1000
   if preset == "smoke":
     s = config.data.synthetic
     s.train_videos, s.val_videos, s.test_videos = 96, 0, 64

@@ -26,6 +26,7 @@ def saved(tmp_path_factory):
     ck = checkpoints.Checkpoints(wd, "engine", max_to_keep=2)
     assert ck.latest_step() is None
     ck.save(5, STATE, DESCRIPTION, extra={"pool": np.arange(4, dtype=np.int64)})
+    ck.wait()         # saves are asynchronous: the files land in the background
     yield wd, ck
     ck.close()
     gc.collect()      # collect Orbax's abandoned read coroutines here, under this module's filter

@@ -105,7 +105,7 @@ def test_override_int_float_bool_str():
         "seed": "7",
         "engine.train.learning_rate": "3",          # int text into a float field -> float
         "engine.train.fine_keep": "0.25",
-        "index.shard": "true",
+        "grpo.balanced": "true",
         "data.source": "files",
         "data.dir": "/some/where",
         "data.synthetic.noise": "1e-1",
@@ -114,7 +114,7 @@ def test_override_int_float_bool_str():
     assert config.engine.train.learning_rate == 3.0
     assert type(config.engine.train.learning_rate) is float
     assert config.engine.train.fine_keep == 0.25
-    assert config.index.shard is True
+    assert config.grpo.balanced is True
     assert config.data.source == "files"
     assert config.data.dir == "/some/where"
     assert config.data.synthetic.noise == pytest.approx(0.1)
@@ -127,8 +127,8 @@ def test_override_int_float_bool_str():
     ("false", False), ("FALSE", False), ("0", False), ("no", False),
 ])
 def test_override_bool_spellings(text, expected):
-    config = config_lib.load(SYNTHETIC + ":smoke", {"index.shard": text})
-    assert config.index.shard is expected
+    config = config_lib.load(SYNTHETIC + ":smoke", {"grpo.balanced": text})
+    assert config.grpo.balanced is expected
 
 
 def test_override_tuple_and_str_with_literal_text(toy_config):
@@ -184,8 +184,8 @@ def test_setting_a_section_is_an_error():
     ("engine.train.steps", "'7'", "expected a int, got str"),
     ("engine.train.fine_keep", "None", "expected a float, got NoneType"),
     ("engine.train.fine_keep", "[1]", "expected a float, got list"),
-    ("index.shard", "maybe", "expected a bool"),
-    ("index.shard", "2", "expected a bool"),
+    ("grpo.balanced", "maybe", "expected a bool"),
+    ("grpo.balanced", "2", "expected a bool"),
 ])
 def test_wrong_type_is_an_error(field, text, needle):
     with pytest.raises(ConfigError) as e:

@@ -65,6 +65,9 @@ def test_base_config_validates():
     ({"agent.latent_eps": "0"}, "agent.latent_eps"),
     ({"agent.sqr_head": "tree"}, "agent.sqr_head"),
     ({"agent.refine_hidden": "-1"}, "agent.refine_hidden"),
+    ({"log.profile_steps": "5"}, "log.profile_steps"),
+    ({"log.profile_steps": "3:3"}, "log.profile_steps"),                # an empty range
+    ({"log.profile_steps": "-1:3"}, "log.profile_steps"),
 ])
 def test_bad_values_name_the_field(overrides, field):
     config = config_lib.load(SYNTHETIC + ":smoke", overrides)

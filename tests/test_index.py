@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vsr_jax import config_lib
+from vsr_jax import config_lib, sharding
 from vsr_jax.config_lib import ConfigError
 from vsr_jax.engine import index as index_lib
 
@@ -118,8 +118,9 @@ def test_build_index_exact_backend():
     config = config_lib.load(SMOKE)
     idx = index_lib.build_index(config, integer_corpus())
     assert isinstance(idx, index_lib.ExactIndex) and idx.mesh is None
-    config = config_lib.load(SMOKE, {"index.shard": "true"})
-    assert index_lib.build_index(config, integer_corpus(), mesh=None).mesh is None
+    # A mesh without a corpus axis keeps one (replicated) array.
+    mesh = sharding.make_mesh(config.mesh)
+    assert index_lib.build_index(config, integer_corpus(), mesh=mesh).mesh is None
 
 
 SHARDED_SCRIPT = textwrap.dedent("""
@@ -134,14 +135,20 @@ SHARDED_SCRIPT = textwrap.dedent("""
     vectors = np.array(data["vectors"], np.float32)
     q = np.array(data["q"], np.float32)
     gt = np.array(data["gt"], np.int32)
-    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 4}))
-    sharded = index_lib.ExactIndex.build(vectors, mesh)
+    def mesh(data, corpus):
+        return sharding.make_mesh(ml_collections.ConfigDict(
+            {"data": data, "corpus": corpus, "model": 1}))
+    sharded = index_lib.ExactIndex.build(vectors, mesh(1, 4))
+    sharded22 = index_lib.ExactIndex.build(vectors, mesh(2, 2))   # queries split over data too
     single = index_lib.ExactIndex.build(vectors)
     out = {"padded_rows": int(sharded.vectors.shape[0]), "num_shards":
-           len(sharded.vectors.sharding.device_set), "results": {}}
+           len(sharded.vectors.sharding.device_set),
+           "shard_rows": [s.data.shape[0] for s in sharded.vectors.addressable_shards],
+           "shard_rows22": [s.data.shape[0] for s in sharded22.vectors.addressable_shards],
+           "results": {}}
     for k in data["ks"]:
         res = {}
-        for name, idx in (("sharded", sharded), ("single", single)):
+        for name, idx in (("sharded", sharded), ("sharded22", sharded22), ("single", single)):
             # Under jit (eager shard_map dispatch costs seconds per call).
             s, i, r = jax.jit(lambda qq, g: idx.search_and_rank(qq, k, g))(q, gt)
             s0, i0 = jax.jit(lambda qq: idx.search(qq, k))(q)
@@ -172,10 +179,12 @@ def test_sharded_exact_index_equals_unsharded():
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")][-1]
     out = json.loads(line[len("RESULT"):])
     assert out["padded_rows"] == 12 and out["num_shards"] == 4
+    assert out["shard_rows"] == [3, 3, 3, 3]          # each device a quarter of the rows
+    assert out["shard_rows22"] == [5, 5, 5, 5]        # halves, each on two data replicas
     for k in ks:
         res = out["results"][str(k)]
         bs, bi, brank = brute_force(vectors, q, k, gt)
-        for name in ("sharded", "single"):
+        for name in ("sharded", "sharded22", "single"):
             np.testing.assert_array_equal(res[name]["i"], bi, err_msg=f"{name} k={k}")
             np.testing.assert_array_equal(res[name]["s"], bs, err_msg=f"{name} k={k}")
             np.testing.assert_array_equal(res[name]["rank"], brank, err_msg=f"{name} k={k}")
@@ -347,3 +356,11 @@ def test_scann_partial_search_returns_no_padding():
             assert r == ids.index(0) + 1
         else:
             assert r > len(ids)            # never the position of a padding entry
+
+
+def test_scann_missing_is_a_clear_error(monkeypatch):
+    """Where ScaNN has no wheel (macOS, Windows) the backend names the package and the way out."""
+    monkeypatch.setitem(sys.modules, "scann", None)   # `import scann` raises ImportError
+    with pytest.raises(ConfigError, match=r"index.backend='scann' needs the scann package.*"
+                       r"config.index.backend='exact'"):
+        index_lib.ScannIndex.build(integer_corpus(), scann_cfg())

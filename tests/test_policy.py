@@ -373,3 +373,17 @@ def test_hqr_agent_has_no_parallel_head():
     config = config_lib.load(SMOKE, {"agent.sqr_head": "parallel"})
     assert policy.build_agent(config, VOCAB, "sqr").parallel_latents == config.agent.num_latents
     assert policy.build_agent(config, VOCAB, "hqr").parallel_latents == 0
+
+
+def test_depthwise_frame_conv_is_nn_conv():
+  """The frame convolution as shifted products has nn.Conv's parameters (same names, shapes,
+  initial values) and function, so checkpoints of either load into the other."""
+  import flax.linen as nn   # pylint: disable=g-import-not-at-top
+  from vsr_jax.agent.policy import DepthwiseFrameConv   # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 11, 8))
+  conv = nn.Conv(8, kernel_size=(5,), padding="SAME", feature_group_count=8)
+  ours = DepthwiseFrameConv(8, kernel_size=5)
+  p_conv, p_ours = conv.init(jax.random.PRNGKey(0), x), ours.init(jax.random.PRNGKey(0), x)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), p_conv, p_ours))
+  p = jax.tree.map(lambda a: a + 0.1, p_conv)
+  np.testing.assert_allclose(ours.apply(p, x), conv.apply(p, x), atol=1e-5)

@@ -1,5 +1,6 @@
-"""Tests for vsr_jax.sharding: the mesh from config, batch-size checks, and data parallelism as
-a config change (8 simulated devices give the losses and metrics of 1)."""
+"""Tests for vsr_jax.sharding: the mesh from config, its checks, parameter rules, and data +
+corpus parallelism as a config change (8 simulated devices as data 2 x corpus 4 give the losses
+and metrics of 1)."""
 
 import glob
 import json
@@ -9,8 +10,10 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 from tensorboardX.proto import event_pb2
 
 from vsr_jax import config_lib, sharding
@@ -23,21 +26,59 @@ SMOKE = os.path.join(REPO, "configs", "synthetic.py") + ":smoke"
 def test_mesh_from_config():
   config = config_lib.load(SMOKE)
   mesh = sharding.make_mesh(config.mesh)
-  assert mesh.axis_names == (sharding.DATA,) and mesh.size == 1
+  assert mesh.axis_names == sharding.AXES and mesh.size == len(jax.devices())
   config.mesh.data = len(jax.devices()) + 1
-  with pytest.raises(ConfigError, match=r"mesh.data=\d+, but only \d+ devices"):
+  with pytest.raises(ConfigError, match=r"multiply to \d+, but \d+ devices are visible"):
     sharding.make_mesh(config.mesh)
 
 
-def test_batch_sizes_must_divide_over_the_mesh():
-  config = config_lib.load(SMOKE, {"grpo.batch_size": "6"})
+def mesh_cfg(data, corpus=1, model=1):
+  return ml_collections.ConfigDict({"data": data, "corpus": corpus, "model": model})
 
-  class FakeMesh:
-    size = 4
-  with pytest.raises(ConfigError, match=r"grpo.batch_size=6 must be divisible by the 4"):
-    sharding.check_batch_sizes(config, FakeMesh())
-  config.grpo.batch_size = 8
-  sharding.check_batch_sizes(config, FakeMesh())
+
+def test_axis_sizes_fill_and_refuse():
+  assert sharding.axis_sizes(mesh_cfg(-1, 4), 8) == {"data": 2, "corpus": 4, "model": 1}
+  assert sharding.axis_sizes(mesh_cfg(2, -1, 2), 8) == {"data": 2, "corpus": 2, "model": 2}
+  with pytest.raises(ConfigError, match=r"data=2 x corpus=2 x model=1 multiply to 4, but 8"):
+    sharding.axis_sizes(mesh_cfg(2, 2), 8)
+  with pytest.raises(ConfigError, match=r"only one axis may be -1"):
+    sharding.axis_sizes(mesh_cfg(-1, -1), 8)
+  with pytest.raises(ConfigError, match=r"multiply to 3, which does not divide the 8"):
+    sharding.axis_sizes(mesh_cfg(-1, 3), 8)
+  with pytest.raises(ConfigError, match=r"mesh.corpus=0: expected >= 1 or -1"):
+    sharding.axis_sizes(mesh_cfg(1, 0), 1)
+
+
+class FakeMesh:
+  def __init__(self, **shape):
+    self.shape = shape
+
+
+def test_batch_sizes_must_divide_over_the_data_axis():
+  config = config_lib.load(SMOKE, {"grpo.batch_size": "6"})
+  with pytest.raises(ConfigError, match=r"grpo.batch_size=6 must be divisible by the mesh's "
+                     r"data axis \(4 devices"):
+    sharding.check_batch_sizes(config, FakeMesh(data=4, corpus=2, model=1))
+  # Only 'data' splits batches: a corpus axis of 4 asks nothing of them.
+  sharding.check_batch_sizes(config, FakeMesh(data=2, corpus=4, model=1))
+
+
+def test_corpus_axis_larger_than_the_corpus():
+  with pytest.raises(ConfigError, match=r"mesh.corpus=8 is larger than the test split's "
+                     r"corpus \(5 videos\)"):
+    sharding.check_corpus(FakeMesh(data=1, corpus=8, model=1), 5, "test split's")
+  sharding.check_corpus(FakeMesh(data=1, corpus=4, model=1), 5, "test")
+  sharding.check_corpus(None, 1, "test")
+
+
+def test_param_rules():
+  mesh = FakeMesh(data=1, corpus=1, model=4)
+  assert sharding.param_spec((256, 64), mesh, "replicated") == P()
+  assert sharding.param_spec((256, 64), mesh, "fsdp") == P("model")
+  assert sharding.param_spec((64, 256), mesh, "fsdp") == P(None, "model")
+  assert sharding.param_spec((6, 1022), mesh, "fsdp") == P()        # nothing divides by 4
+  assert sharding.param_spec((64,), mesh, "fsdp") == P()            # too small to split
+  assert sharding.param_spec((256, 64), FakeMesh(data=8, corpus=1, model=1), "fsdp") == P()
 
 
 def read_scalars(workdir):
@@ -57,36 +98,67 @@ def read_scalars(workdir):
 
 
 SCRIPT = """
-import sys
-from vsr_jax import config_lib, train
-smoke, out = sys.argv[1], sys.argv[2]
-for n in (1, 8):
-  config = config_lib.load(smoke, {
-      "mesh.data": str(n), "stages": "('engine', 'sft', 'grpo')",
-      "eval.rows": str({r: config_lib.load(smoke).eval.rows[r].to_dict() for r in
-                        ('engine_single_shot', 'agent_sqr_stage1', 'agent_sqr_stage2')}),
-      "data.dir": out + "/data"})
-  train.train_and_evaluate(config, f"{out}/mesh{n}")
+import json, sys
+import jax
+import numpy as np
+from vsr_jax import config_lib, rollout, sharding, stages, train
+smoke, out, data, corpus = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+name = f"mesh{data}x{corpus}"
+config = config_lib.load(smoke, {
+    "mesh.data": str(data), "mesh.corpus": str(corpus), "stages": "('engine', 'sft', 'grpo')",
+    "eval.rows": str({r: config_lib.load(smoke).eval.rows[r].to_dict() for r in
+                      ('engine_single_shot', 'agent_sqr_stage1', 'agent_sqr_stage2')}),
+    "data.dir": out + "/data"})
+train.train_and_evaluate(config, f"{out}/{name}")
+# Where the episode's frame store lives: each device's shard of the eval corpus.
+mesh = sharding.make_mesh(config.mesh)
+ctx = stages.Context.open(config, f"{out}/{name}", mesh=mesh)
+split = ctx.splits[config.data.eval_split]
+c = rollout.Corpus.from_split(None, split, mesh)
+vid = np.arange(len(split.num_frames))[::-1].copy()
+got = jax.jit(lambda cc, v: cc.take(v))(c, vid)
+print("RESULT" + json.dumps({
+    "videos": len(split.num_frames), "padded": c.features.shape[0],
+    "devices": len(jax.devices()),
+    "shard_rows": sorted(s.data.shape[0] for s in c.features.addressable_shards),
+    "num_frames_rows": sorted(s.data.shape[0] for s in c.num_frames.addressable_shards),
+    "take_equal": bool(np.array_equal(np.asarray(got[0]), split.features[vid])
+                       and np.array_equal(np.asarray(got[1]), split.num_frames[vid]))}))
 """
 
 
-def test_eight_devices_match_one(tmp_path):
-  """Stage 0, SFT, GRPO and the evaluation episode on a mesh of 8 simulated devices give the
-  losses (every logged scalar) and metrics of a mesh of 1, up to float tolerance."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+def run_mesh(out, devices, data, corpus):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu")
-  out = str(tmp_path)
-  proc = subprocess.run([sys.executable, "-c", SCRIPT, SMOKE, out], env=env, cwd=REPO,
-                        capture_output=True, text=True, timeout=900)
+  proc = subprocess.run([sys.executable, "-c", SCRIPT, SMOKE, out, str(data), str(corpus)],
+                        env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  one, eight = read_scalars(f"{out}/mesh1"), read_scalars(f"{out}/mesh8")
-  assert one.keys() == eight.keys()
-  assert any(k.startswith("grpo/loss") for k in one) and any(k.startswith("sft/") for k in one)
-  for key in one:
-    np.testing.assert_allclose(eight[key], one[key], rtol=2e-3, atol=2e-4, err_msg=key)
-  with open(f"{out}/mesh1/metrics.json") as f:
+  line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")][-1]
+  return json.loads(line[len("RESULT"):])
+
+
+def test_a_corpus_split_over_devices_matches_one_device(tmp_path):
+  """Stage 0, SFT, GRPO (its train corpus split over 'corpus') and the evaluation episode on
+  8 simulated devices as data 2 x corpus 4 give the losses (every logged scalar) and metrics
+  of 1 device, and each device holds a quarter of the frame store."""
+  out = str(tmp_path)
+  one = run_mesh(out, 1, 1, 1)
+  split = run_mesh(out, 8, 2, 4)
+  assert one["shard_rows"] == [one["videos"]]
+  v = split["videos"]
+  quarter = -(-v // 4)
+  assert split["devices"] == 8 and split["padded"] == 4 * quarter
+  assert split["shard_rows"] == [quarter] * 8          # 4 shards, each on 2 data replicas
+  assert split["num_frames_rows"] == [quarter] * 8
+  assert split["take_equal"] and one["take_equal"]
+  a, b = read_scalars(f"{out}/mesh1x1"), read_scalars(f"{out}/mesh2x4")
+  assert a.keys() == b.keys()
+  assert any(k.startswith("grpo/loss") for k in a) and any(k.startswith("sft/") for k in a)
+  for key in a:
+    np.testing.assert_allclose(b[key], a[key], rtol=2e-3, atol=2e-4, err_msg=key)
+  with open(f"{out}/mesh1x1/metrics.json") as f:
     m1 = json.load(f)
-  with open(f"{out}/mesh8/metrics.json") as f:
+  with open(f"{out}/mesh2x4/metrics.json") as f:
     m8 = json.load(f)
   assert set(m1) == {"engine_single_shot", "agent_sqr_stage1", "agent_sqr_stage2"}
   for row in m1:

@@ -84,6 +84,27 @@ def test_rerun_skips_finished_runs(smoke):
   assert os.stat(metrics).st_mtime_ns == before
 
 
+def test_reuse_links_the_stages_of_an_earlier_sweep(smoke, tmp_path):
+  """--reuse: a later sweep whose stages have the keys of an earlier sweep's finished ones
+  trains nothing (its data linked too) and evaluates to the same metrics."""
+  donor, _, _ = smoke
+  base = sweep_lib.read_file(SOFT)["base"]
+  path = sweep_file(tmp_path, base=base, points=[{"agent.num_latents": 4}])
+  root = str(tmp_path / "later")
+  with pytest.raises(sweep_lib.SweepError, match=r"--reuse=.*nowhere: no sweep.json there"):
+    sweep_lib.run_sweep(path, root, reuse=[str(tmp_path / "nowhere")])
+  lines = []
+  assert sweep_lib.run_sweep(path, root, reuse=[donor], out=lines.append) == 0, "\n".join(lines)
+  start = [l for l in lines if l.startswith("start ")]
+  assert len(start) == 1 and "trains nothing" in start[0], lines
+  assert os.path.join(donor, "points", "num_latents=4_seed0") in start[0]
+  assert any(l.startswith("data ") and "linked from" in l for l in lines), lines
+  got, want = (os.path.join(r, "points", "num_latents=4_seed0", "metrics.json")
+               for r in (root, donor))
+  with open(got) as a, open(want) as b:
+    assert json.load(a) == json.load(b)
+
+
 def test_workdir_of_another_sweep_is_refused(smoke, tmp_path):
   root, _, _ = smoke
   other = os.path.join(REPO, "configs", "sweeps", "turns.py") + ":smoke"

@@ -95,9 +95,11 @@ class Checkpoints:
     self.workdir = workdir
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints", name))
     self.name = name
+    # Asynchronous: save() returns once the state is on the host; Orbax writes it to a
+    # temporary folder in the background and renames it when complete (atomic as before).
     self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                                             create=create))
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=create, enable_async_checkpointing=True))
 
   def __enter__(self):
     return self
@@ -112,12 +114,18 @@ class Checkpoints:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, description: dict, extra: dict | None = None) -> None:
-    """extra: host-side arrays needed to resume exactly (restored as saved, no template)."""
+    """Starts saving `step` and returns once `state` is copied off the device (it may then be
+    donated); the files are written in the background. A failed write is raised by the next
+    save, wait() or close(). extra: host-side arrays needed to resume exactly (restored as
+    saved, no template; never changed in place afterwards)."""
     items = {"state": ocp.args.StandardSave(state),
              "description": ocp.args.JsonSave(description)}
     if extra:
       items["extra"] = ocp.args.StandardSave(extra)
     self.manager.save(step, args=ocp.args.Composite(**items))
+
+  def wait(self) -> None:
+    """Blocks until the last save is on disk; raises its error if it failed."""
     self.manager.wait_until_finished()
 
   def restore_extra(self, step: int) -> dict:
@@ -166,4 +174,5 @@ class Checkpoints:
     return defaults.base_config()
 
   def close(self):
+    """Waits for the last save (raising its error) and releases Orbax's threads."""
     self.manager.close()

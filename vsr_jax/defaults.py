@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vsr_jax import config_lib, registry
+from vsr_jax import config_lib, registry, sharding
 from vsr_jax.config_lib import ConfigError
 from vsr_jax.data import synthetic
 
@@ -225,7 +225,6 @@ def base_config() -> ml_collections.ConfigDict:
   # A registered index backend (vsr_jax/engine/index.py): exact (on device) | scann (host,
   # through a callback).
   c.index.backend = "exact"
-  c.index.shard = False            # exact: shard the corpus over the mesh's devices
   c.index.scann = ml_collections.ConfigDict()
   c.index.scann.num_leaves = 0             # 0 -> about sqrt(corpus size)
   c.index.scann.num_leaves_to_search = 0   # 0 -> num_leaves // 10
@@ -254,13 +253,20 @@ def base_config() -> ml_collections.ConfigDict:
   # 'STAGE:STEP' evaluates that saved step of STAGE instead of its final one (--mode=eval).
   c.eval.checkpoint = ""
 
-  # ---- mesh: device layout (data parallel).
+  # ---- mesh: device layout (vsr_jax/sharding.py). The axes' product is the device count;
+  # one axis may be -1 (the devices left).
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = 1                  # devices on the data axis; -1 -> all
+  c.mesh.data = -1                 # queries, batches and GRPO groups split along it
+  c.mesh.corpus = 1                # the index vectors and the frame store split along it
+  c.mesh.model = 1                 # parameters split along it when mesh.params = 'fsdp'
+  c.mesh.params = "replicated"     # replicated | fsdp (each leaf's largest divisible dim)
 
   c.log = ml_collections.ConfigDict()
   c.log.every_steps = 100
   c.log.progress_seconds = 10.0
+  # 'A:B' traces steps A..B-1 of every training loop with jax.profiler into
+  # WORKDIR/profile/<checkpoint folder>/ (TensorBoard's profile plugin or XProf reads it).
+  c.log.profile_steps = ""
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.max_to_keep = 2
   c.checkpoint.every_steps = 500
@@ -402,6 +408,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
                              ev.checkpoint.partition(":")[2].isdigit()),
        "eval.checkpoint", "'' or 'STAGE:STEP'")
   need(config.eval.tvr_top_k >= 1, "eval.tvr_top_k", ">= 1")
+  first, colon, last = config.log.profile_steps.partition(":")
+  need(not config.log.profile_steps or (colon and first.isdigit() and last.isdigit()
+                                        and int(first) < int(last)),
+       "log.profile_steps", "'' (off) or 'A:B' with 0 <= A < B (steps A..B-1 of every loop)")
   need(config.eval.grounding in ("frame_similarity", "whole_video"), "eval.grounding",
        "'frame_similarity' or 'whole_video'")
-  need(config.mesh.data == -1 or config.mesh.data >= 1, "mesh.data", ">= 1 or -1 (all devices)")
+  for axis in sharding.AXES:
+    need(config.mesh[axis] == -1 or config.mesh[axis] >= 1, f"mesh.{axis}",
+         ">= 1 or -1 (the devices left)")
+  need([config.mesh[a] for a in sharding.AXES].count(-1) <= 1, "mesh",
+       "at most one axis of -1 (the devices left)")
+  need(config.mesh.params in sharding.PARAM_RULES, "mesh.params",
+       " or ".join(repr(r) for r in sharding.PARAM_RULES))

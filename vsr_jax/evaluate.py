@@ -279,7 +279,7 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
               mesh=None):
   """Greedy episodes of an agent over the whole split, as a method row.
 
-  mesh: the episode's batch is split over its 'data' axis (parameters and corpus replicated).
+  mesh: the episode's batch is split over its 'data' axis (the corpus as `corpus` holds it).
   """
   batch = config.eval.batch_size
   run = jax.jit(functools.partial(rollout.episode, agent, engine, spec=spec))
@@ -402,7 +402,7 @@ def evaluate_run(ctx, out_dir: str) -> dict:
                                 every_seconds=config.log.progress_seconds)
   index = index_lib.build_index(config, videos, mesh=ctx.mesh,
                                 directory=os.path.join(out_dir, "index", config.index.backend))
-  corpus = rollout.Corpus.from_split(index, split)
+  corpus = rollout.Corpus.from_split(index, split, ctx.mesh)
   results = []
   # Config order (to_dict keeps it; ConfigDict.items() would sort the names).
   for name in config_lib.to_dict(config.eval.rows):

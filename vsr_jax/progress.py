@@ -16,11 +16,14 @@ class Progress:
     self.start = self.last = time.perf_counter()
     self.done = 0
 
+  def due(self, done: int) -> bool:
+    """Whether update(done) would log a line now (callers fetch what the line shows only then)."""
+    return time.perf_counter() - self.last >= self.every or done >= self.total
+
   def update(self, done: int, extra: str = "") -> None:
     self.done = done
-    now = time.perf_counter()
-    if now - self.last >= self.every or done >= self.total:
-      self.last = now
+    if self.due(done):
+      self.last = time.perf_counter()
       logging.info("%s", self.line(extra))
 
   def line(self, extra: str = "") -> str:

@@ -16,8 +16,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from vsr_jax import registry
+from vsr_jax import registry, sharding
 from vsr_jax.agent.policy import MATCHED, Agent
 from vsr_jax.agent.refiners import gaussian_logp  # noqa: F401 (the episode's latent policy)
 from vsr_jax.engine.towers import DualEncoder
@@ -26,25 +27,62 @@ from vsr_jax.engine.towers import DualEncoder
 @jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass
 class Corpus:
-  """What an episode reads about the corpus: the index and the videos' frames."""
+  """What an episode reads about the corpus: the index and the videos' frames. On a mesh with
+  a 'corpus' axis every [V, ...] array is split along it (rows padded to a multiple), and
+  `take` gathers the retrieved videos' rows from their shards."""
   index: object                # ExactIndex | ScannIndex
   features: jax.Array          # [V, F, D]
   num_frames: jax.Array        # [V]
   frame_seconds: jax.Array     # [V]
   durations: jax.Array         # [V]
+  mesh: object = None          # set when the arrays are split over its 'corpus' axis
 
   def tree_flatten(self):
     return (self.index, self.features, self.num_frames, self.frame_seconds,
-            self.durations), None
+            self.durations), (self.mesh,)
 
   @classmethod
   def tree_unflatten(cls, aux, children):
-    return cls(*children)
+    return cls(*children, *aux)
 
   @classmethod
-  def from_split(cls, index, split) -> "Corpus":
-    return cls(index, jnp.asarray(split.features), jnp.asarray(split.num_frames),
-               jnp.asarray(split.frame_seconds), jnp.asarray(split.durations))
+  def from_split(cls, index, split, mesh=None) -> "Corpus":
+    arrays = (split.features, split.num_frames, split.frame_seconds, split.durations)
+    placed = [sharding.put_corpus(a, mesh) for a in arrays]
+    if sharding.size(mesh, sharding.CORPUS) > 1:
+      sharding.check_corpus(mesh, len(split.num_frames), "episode")
+      return cls(index, *placed, mesh=mesh)
+    return cls(index, *placed)   # one array each (replicated over a mesh's devices)
+
+  def take(self, vid):
+    """(frames [B, F, D], num_frames, frame_seconds, durations [B]) of videos vid [B]."""
+    tables = (self.features, self.num_frames, self.frame_seconds, self.durations)
+    if self.mesh is None:
+      return tuple(t[vid] for t in tables)
+    return _take_sharded(tables, vid, self.mesh)
+
+
+def _take_sharded(tables, vid, mesh):
+  """Rows vid of [V, ...] tables split over 'corpus': each shard takes the rows it holds
+  (zeros elsewhere) and a sum over 'corpus' assembles them; the table is never gathered."""
+  axis = sharding.CORPUS
+  rows = tables[0].shape[0] // sharding.size(mesh, axis)
+  spec = sharding.rows_spec(vid.shape[0], mesh)
+
+  def per_shard(local_tables, ids):
+    local = ids - jax.lax.axis_index(axis) * rows
+    here = (local >= 0) & (local < rows)
+    safe = jnp.clip(local, 0, rows - 1)
+    out = []
+    for t in local_tables:
+      x = t[safe]
+      mask = here.reshape(here.shape + (1,) * (x.ndim - 1))
+      out.append(jax.lax.psum(jnp.where(mask, x, jnp.zeros_like(x)), axis))
+    return tuple(out)
+
+  fn = jax.shard_map(per_shard, mesh=mesh, in_specs=(tuple(P(axis) for _ in tables), spec),
+                     out_specs=tuple(spec for _ in tables), check_vma=False)
+  return fn(tables, vid.astype(jnp.int32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +137,7 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
       # The recorded query vector too: another policy's append projector would rebuild a
       # different one, and the log-probs must be of the same observations.
       q = f_t["query"]
-    frames, nf = corpus.features[vid], corpus.num_frames[vid]
+    frames, nf, frame_seconds, duration = corpus.take(vid)
     view = engine_view(agent, engine, engine_params, frames, q)
     key = jax.random.fold_in(rng, t)
     out = agent.apply({"params": agent_params}, tokens, frames, nf, num_latents=N,
@@ -134,7 +172,7 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
         "retrieved": vid, "rank": rank,
         "policy_rank": jnp.where(refines, next_rank, rank),
         "verdict": verdict, "span": span,
-        "pred_time": span_to_seconds(span, corpus.frame_seconds[vid], corpus.durations[vid]),
+        "pred_time": span_to_seconds(span, frame_seconds, duration),
         "query": q,
     }
     record = jax.tree.map(lambda new, old: jnp.where(

@@ -2,7 +2,7 @@
 and plots.
 
   python -m vsr_jax.sweep --sweep=configs/sweeps/NAME.py[:preset] --workdir=DIR \
-      [--parallel=N] [--dry_run]
+      [--parallel=N] [--dry_run] [--reuse=OTHER_DIR[,OTHER_DIR...]]
 
 A sweep file defines `get_sweep(arg) -> dict` (big_vision's get_hyper, as plain data):
 
@@ -30,7 +30,9 @@ checkpoint folders (their final step) hard-linked into its own workdir: a stage 
 hold their final step is restored, not retrained. The synthetic benchmark is generated once
 per data config into DIR/data/<digest>/ and hard-linked into each run's workdir/data, so the
 runs' configs stay those of the dry run's commands. `--dry_run` prints one independent
-command per run (no sharing) for a cluster scheduler and runs nothing.
+command per run (no sharing) for a cluster scheduler and runs nothing. `--reuse` names earlier
+sweep DIRs whose finished stages (and generated data) are hard-linked in the same way when
+their keys are equal: ablations of one base config train its engine and stage-1 agent once.
 
 DIR/sweep.json records the sweep (base config and each run's flags): a DIR holding another
 sweep is refused. Finished runs (metrics.json) are skipped; failed ones are reported and
@@ -382,12 +384,45 @@ def link_stage(config, src_workdir: str, dst_workdir: str, stage: str) -> None:
               os.path.join(dst_workdir, "checkpoints", folder), only=str(steps))
 
 
+@dataclasses.dataclass(frozen=True)
+class Donor:
+  """A run of another sweep (--reuse) whose finished stages this sweep may link."""
+  name: str          # OTHER_DIR/points/<run>, for the log
+  workdir: str
+  config: object
+  keys: dict         # {stage: key}
+
+
+def donors(roots, root: str) -> list[Donor]:
+  """The runs under each earlier sweep DIR in `roots` (a DIR that holds no sweep is an error)."""
+  out = []
+  for other in roots:
+    if os.path.abspath(other) == os.path.abspath(root):
+      continue
+    if not os.path.isfile(os.path.join(other, "sweep.json")):
+      raise SweepError(f"--reuse={other}: no sweep.json there (not a sweep workdir)")
+    points = os.path.join(other, "points")
+    for name in sorted(os.listdir(points)) if os.path.isdir(points) else ():
+      workdir = os.path.join(points, name)
+      if not os.path.isfile(os.path.join(workdir, "config.json")):
+        continue
+      try:
+        config = workdir_lib.read_config(workdir)
+        keys = stages.stage_keys(config)
+      except config_lib.InputError as e:   # a run of older code: not a donor, said so
+        warnings.warn(f"--reuse: {workdir} is skipped ({e})")
+        continue
+      out.append(Donor(os.path.join(other, "points", name), workdir, config, keys))
+  return out
+
+
 class Scheduler:
   """Runs the runs as subprocesses, at most `parallel` at once, a run only once every stage it
   shares can be linked from a finished run (or it trains the stage itself)."""
 
-  def __init__(self, sweep: Sweep, root: str, parallel: int, out=print):
+  def __init__(self, sweep: Sweep, root: str, parallel: int, out=print, reuse=()):
     self.sweep, self.root, self.parallel, self.out = sweep, root, parallel, out
+    self.donors = list(reuse)
     self.groups = stage_groups(sweep)
     self.by_name = {r.name: r for r in sweep.runs}
     self.trainer = {}     # (stage, key) -> the run training it now
@@ -399,13 +434,18 @@ class Scheduler:
     return self.sweep.workdir(self.root, run)
 
   def source(self, run: Run, stage: str):
-    """Another run of the same stage key whose checkpoints hold the finished stage (it may be
-    running a later stage), or None."""
+    """(name, workdir) of another run of the same stage key whose checkpoints hold the
+    finished stage (it may be running a later stage; this sweep's runs first, then --reuse's),
+    or None."""
     group = self.groups[run.name][stage]
     for other in self.sweep.runs:
       if (other is not run and self.groups[other.name].get(stage) == group and
           stages.finished(other.config, self.workdir(other), stage)):
-        return other
+        return other.name, self.workdir(other)
+    for donor in self.donors:
+      if ((stage, donor.keys.get(stage)) == group and
+          stages.finished(donor.config, donor.workdir, stage)):
+        return donor.name, donor.workdir
     return None
 
   def plan(self, run: Run):
@@ -430,8 +470,8 @@ class Scheduler:
     data = data_key(run.config)
     if data and not os.path.isfile(os.path.join(workdir, "data", "meta.json")):
       link_tree(os.path.join(self.root, "data", data), os.path.join(workdir, "data"))
-    for stage, src in links.items():
-      link_stage(run.config, self.workdir(src), workdir, stage)
+    for stage, (_, src) in links.items():
+      link_stage(run.config, src, workdir, stage)
     for stage in trains:
       self.trainer[self.groups[run.name][stage]] = run.name
     cmd = command(self.sweep, self.root, run)
@@ -439,7 +479,7 @@ class Scheduler:
     log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
     log.flush()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
-    reuse = ", ".join(f"{s} from {src.name}" for s, src in links.items())
+    reuse = ", ".join(f"{s} from {src}" for s, (src, _) in links.items())
     self.out(f"start {run.name}: trains {', '.join(trains) or 'nothing'}"
              + (f"; reuses {reuse}" if reuse else ""))
     return proc, log, time.monotonic()
@@ -683,7 +723,7 @@ def write_results(sweep: Sweep, root: str) -> dict:
 # ------------------------------------------------------------------------ the runner
 
 def run_sweep(spec: str, root: str, *, parallel: int = 1, dry_run: bool = False,
-              out=print) -> int:
+              reuse=(), out=print) -> int:
   """Runs (or, dry_run, prints the commands of) a sweep; returns the exit status."""
   if parallel < 1:
     raise SweepError(f"--parallel={parallel}: expected >= 1")
@@ -694,6 +734,7 @@ def run_sweep(spec: str, root: str, *, parallel: int = 1, dry_run: bool = False,
       out(shlex.join(command(sweep, root, run)))
     return 0
   check_record(root, sweep)
+  given = donors(reuse, root)
   os.makedirs(root, exist_ok=True)
   workdir_lib.write_json(os.path.join(root, "sweep.json"), record(sweep))
   groups = stage_groups(sweep)
@@ -711,6 +752,16 @@ def run_sweep(spec: str, root: str, *, parallel: int = 1, dry_run: bool = False,
     key = data_key(run.config)
     if key and not os.path.isfile(os.path.join(sweep.workdir(root, run), "data", "meta.json")):
       datas.setdefault(key, run)
+  for key in list(datas):   # generated by an earlier sweep (--reuse): linked
+    dst = os.path.join(root, "data", key)
+    for other in reuse:
+      src = os.path.join(other, "data", key)
+      if not os.path.isfile(os.path.join(dst, "meta.json")) and os.path.isfile(
+          os.path.join(src, "meta.json")):
+        link_tree(src, dst)
+        out(f"data {key}: linked from {src}")
+    if os.path.isfile(os.path.join(dst, "meta.json")):
+      del datas[key]
   if datas:
     from vsr_jax.data import store   # pylint: disable=g-import-not-at-top
     for key, run in datas.items():
@@ -719,7 +770,7 @@ def run_sweep(spec: str, root: str, *, parallel: int = 1, dry_run: bool = False,
                             progress_seconds=run.config.log.progress_seconds)
       out(f"data {key}: ready in {time.monotonic() - t:.1f} s (hard-linked into each run)")
 
-  scheduler = Scheduler(sweep, root, parallel, out)
+  scheduler = Scheduler(sweep, root, parallel, out, given)
   scheduler.run(todo)
   write_results(sweep, root)
   wall = time.monotonic() - t0
@@ -738,13 +789,16 @@ flags.DEFINE_string("sweep", None, "Sweep file: configs/sweeps/NAME.py[:preset].
 flags.DEFINE_string("workdir", None, "Directory of the sweep (its runs under points/).")
 flags.DEFINE_integer("parallel", 1, "Runs at once (subprocesses).")
 flags.DEFINE_bool("dry_run", False, "Print one command per run and run nothing.")
+flags.DEFINE_list("reuse", [], "Earlier sweep DIRs whose finished stages of equal key (and "
+                  "generated data) this sweep links instead of training them again.")
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
   try:
-    status = run_sweep(f.sweep, f.workdir, parallel=f.parallel, dry_run=f.dry_run)
+    status = run_sweep(f.sweep, f.workdir, parallel=f.parallel, dry_run=f.dry_run,
+                       reuse=f.reuse)
   except config_lib.InputError as e:
     sys.exit(f"error: {e}")
   sys.exit(status)

@@ -29,17 +29,24 @@ def check_before_compiling(config, workdir: str) -> None:
             f"{before!r} is not in config.stages")
 
 
+def check_corpora(ctx) -> None:
+  """The mesh's corpus axis against every loaded split, before anything compiles."""
+  for name, split in ctx.splits.items():
+    sharding.check_corpus(ctx.mesh, len(split.num_frames), f"{name} split's")
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   if config.eval.checkpoint:
     raise config_lib.ConfigError(
         f"config.eval.checkpoint={config.eval.checkpoint}: evaluates an earlier step of a trained "
         "run; use it with --mode=eval --eval_name=NAME")
   check_before_compiling(config, workdir)
+  mesh = sharding.make_mesh(config.mesh)   # before the workdir is claimed: a bad mesh leaves
+  sharding.check_batch_sizes(config, mesh)  # nothing behind
   workdir_lib.prepare(config, workdir, mode="train")
-  mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_sizes(config, mesh)
   ctx = stages.Context.open(config, workdir, mesh=mesh,
                             splits=(config.data.train_split, config.data.eval_split))
+  check_corpora(ctx)
   with SummaryWriter(os.path.join(workdir, "tb")) as writer:
     ctx.writer = writer
     for name in config.stages:
@@ -56,14 +63,12 @@ def evaluate_workdir(config, workdir: str, eval_name: str = "") -> dict:
   workdir itself or, with eval_name, into <workdir>/evals/<eval_name>/ (with the evaluation's
   own config.json), never over the run's own outputs."""
   defaults.validate(config)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_sizes(config, mesh, ("eval.batch_size",))
   workdir_lib.prepare(config, workdir, mode="eval")
   at = stages.parse_checkpoint(config, workdir)
-  mesh = sharding.make_mesh(config.mesh)
-  if config.eval.batch_size % mesh.size:
-    raise config_lib.ConfigError(
-        f"config.eval.batch_size={config.eval.batch_size} must be divisible by the {mesh.size} "
-        "devices of the mesh (config.mesh.data)")
   ctx = stages.Context.open(config, workdir, mesh=mesh)
+  check_corpora(ctx)
   ctx.at = at
   for folder in at:
     later = [s for s in config.stages if stages.folder_owner(config, folder) in

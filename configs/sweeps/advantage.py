@@ -5,7 +5,9 @@
 grpo: (r - mean) / std over the group; dr_grpo: r - mean (no std); rloo: leave-one-out mean
 (vsr_jax/objectives/grpo.py). Read by stage 2 only: the points share the engine and the
 stage-1 agent of each seed. Default: configs/synthetic.py's full budgets, 3 seeds, without the
-HQR stage. `:smoke`: configs/synthetic.py:smoke, grpo and rloo, one seed.
+HQR stage. `:reduced`: the same on
+configs/synthetic.py:reduced (half budgets, half test split, for a 2-core machine).
+`:smoke`: configs/synthetic.py:smoke, grpo and rloo, one seed.
 """
 
 from vsr_jax import config_lib, defaults
@@ -16,9 +18,10 @@ ROWS = defaults.default_rows("agent_sqr_stage1", "agent_sqr_stage2")
 
 
 def get_sweep(arg=None):
-  smoke = config_lib.check_preset(arg, ("default", "smoke"), __file__) == "smoke"
+  preset = config_lib.check_preset(arg, ("default", "reduced", "smoke"), __file__)
+  smoke = preset == "smoke"
   return dict(
-      config="configs/synthetic.py" + (":smoke" if smoke else ""),
+      config="configs/synthetic.py" + ("" if preset == "default" else ":" + preset),
       base={"stages": ("engine", "sft", "grpo"), "eval.rows": ROWS},
       points=[{"grpo.advantage": a}
               for a in (("grpo", "rloo") if smoke else ("grpo", "dr_grpo", "rloo"))],

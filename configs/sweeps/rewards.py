@@ -7,8 +7,9 @@ Points: `all` (answer + grounding IoU + the paper's retrieval reward exp(-L_ret)
 `delta_p` (the reference code's retrieval reward p_after - p_before in place of exp(-L_ret),
 at the same weight 0.8). The rewards are read by stage 2 only: the points share the engine and
 the stage-1 agent of each seed, and agent_sqr_stage1 is the same checkpoint in every point.
-Default: configs/synthetic.py's full budgets, 3 seeds, without the HQR stage. `:smoke`:
-configs/synthetic.py:smoke, points all and no_retrieval, one seed.
+Default: configs/synthetic.py's full budgets, 3 seeds, without the HQR stage. `:reduced`: the
+same on configs/synthetic.py:reduced (half budgets, half test split, for a 2-core machine).
+`:smoke`: configs/synthetic.py:smoke, points all and no_retrieval, one seed.
 """
 
 from vsr_jax import config_lib, defaults
@@ -26,9 +27,10 @@ POINTS = [
 
 
 def get_sweep(arg=None):
-  smoke = config_lib.check_preset(arg, ("default", "smoke"), __file__) == "smoke"
+  preset = config_lib.check_preset(arg, ("default", "reduced", "smoke"), __file__)
+  smoke = preset == "smoke"
   return dict(
-      config="configs/synthetic.py" + (":smoke" if smoke else ""),
+      config="configs/synthetic.py" + ("" if preset == "default" else ":" + preset),
       base={"stages": ("engine", "sft", "grpo"), "eval.rows": ROWS},
       points=POINTS[:2] if smoke else POINTS,
       seeds=(0,) if smoke else (0, 1, 2),

@@ -6,7 +6,9 @@ N in {0, 1, 2, 4, 8, 16} (N <= engine.text.num_slots = 16: the engine's text tow
 many slots for soft tokens; N = 0 refines nothing, so its SQR rows are the unrefined agent
 over eval.turns turns). The points share the engine of each seed (N is not an engine field);
 sft and grpo are trained per point. Default: configs/synthetic.py's full budgets, 3 seeds,
-without the HQR stage (not part of this ablation). `:smoke`: configs/synthetic.py:smoke,
+without the HQR stage (not part of this ablation). `:reduced`: the same on
+configs/synthetic.py:reduced (half budgets, half test split, for a 2-core machine).
+`:smoke`: configs/synthetic.py:smoke,
 N in {0, 4}, one seed, stages engine + sft only and two rows (for tests).
 """
 
@@ -17,7 +19,8 @@ SMOKE_ROWS = defaults.default_rows("engine_single_shot", "agent_sqr_stage1")
 
 
 def get_sweep(arg=None):
-  smoke = config_lib.check_preset(arg, ("default", "smoke"), __file__) == "smoke"
+  preset = config_lib.check_preset(arg, ("default", "reduced", "smoke"), __file__)
+  smoke = preset == "smoke"
   if smoke:
     return dict(
         config="configs/synthetic.py:smoke",
@@ -27,7 +30,7 @@ def get_sweep(arg=None):
         rows=tuple(SMOKE_ROWS),
         metrics=("vr_r1", "vcmr_r1_iou0.5"))
   return dict(
-      config="configs/synthetic.py",
+      config="configs/synthetic.py" + ("" if preset == "default" else ":" + preset),
       base={"stages": ("engine", "sft", "grpo")},
       points=[{"agent.num_latents": n} for n in (0, 1, 2, 4, 8, 16)],
       seeds=(0, 1, 2),

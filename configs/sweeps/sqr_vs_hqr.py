@@ -6,7 +6,9 @@ Each run trains both stage-1 agents (sft: N soft tokens; sft_hqr: the same agent
 refinement words), so the rows agent_sqr_stage1 and agent_hqr of one run compare them at the
 same N, engine and data. N (agent.num_latents) in {2, 4, 8}; the points share the engine of
 each seed. Default: configs/synthetic.py's full budgets, 3 seeds, stage 2 (GRPO) left out
-(both rows are stage 1). `:smoke`: configs/synthetic.py:smoke, N in {2, 4}, one seed.
+(both rows are stage 1). `:reduced`: the same on
+configs/synthetic.py:reduced (half budgets, half test split, for a 2-core machine).
+`:smoke`: configs/synthetic.py:smoke, N in {2, 4}, one seed.
 """
 
 from vsr_jax import config_lib, defaults
@@ -18,10 +20,11 @@ SMOKE_ROWS = {k: ROWS[k] for k in ("agent_hqr", "agent_sqr_stage1")}
 
 
 def get_sweep(arg=None):
-  smoke = config_lib.check_preset(arg, ("default", "smoke"), __file__) == "smoke"
+  preset = config_lib.check_preset(arg, ("default", "reduced", "smoke"), __file__)
+  smoke = preset == "smoke"
   rows = SMOKE_ROWS if smoke else ROWS
   return dict(
-      config="configs/synthetic.py" + (":smoke" if smoke else ""),
+      config="configs/synthetic.py" + ("" if preset == "default" else ":" + preset),
       base={"stages": ("engine", "sft", "sft_hqr"), "eval.rows": rows},
       points=[{"agent.num_latents": n} for n in ((2, 4) if smoke else (2, 4, 8))],
       seeds=(0,) if smoke else (0, 1, 2),

@@ -6,7 +6,9 @@ T in {1, 2, 3}: the SQR rows run eval.turns turns (their `turns` is 0; T = 1 is 
 retrieval, unrefined), agent_no_refine stays at one turn. eval.turns is read by evaluation
 only, so every point of a seed shares every training stage (grpo.turns, the episode length in
 training, stays 2): a later point only evaluates. Default: configs/synthetic.py's full
-budgets, 3 seeds, without the HQR stage. `:smoke`: configs/synthetic.py:smoke, T in {1, 2},
+budgets, 3 seeds, without the HQR stage. `:reduced`: the same on
+configs/synthetic.py:reduced (half budgets, half test split, for a 2-core machine).
+`:smoke`: configs/synthetic.py:smoke, T in {1, 2},
 one seed, stages engine + sft.
 """
 
@@ -20,7 +22,8 @@ SMOKE_ROWS = {k: ROWS[k] for k in ("engine_single_shot", "agent_sqr_stage1")}
 
 
 def get_sweep(arg=None):
-  smoke = config_lib.check_preset(arg, ("default", "smoke"), __file__) == "smoke"
+  preset = config_lib.check_preset(arg, ("default", "reduced", "smoke"), __file__)
+  smoke = preset == "smoke"
   if smoke:
     return dict(
         config="configs/synthetic.py:smoke",
@@ -29,7 +32,7 @@ def get_sweep(arg=None):
         seeds=(0,),
         rows=tuple(SMOKE_ROWS))
   return dict(
-      config="configs/synthetic.py",
+      config="configs/synthetic.py" + ("" if preset == "default" else ":" + preset),
       base={"stages": ("engine", "sft", "grpo"), "eval.rows": ROWS},
       points=[{"eval.turns": t} for t in (1, 2, 3)],
       seeds=(0, 1, 2),

@@ -3,8 +3,9 @@
 Both backends are pytrees that can be passed into jitted code and answer
   search(q [..., E], k)            -> scores [..., k], ids [..., k] (best first)
   search_and_rank(q, k, gt [...])  -> scores, ids, rank [...] (1 = the ground truth is top-1)
-* ExactIndex: matmul + lax.top_k on device; the corpus may be sharded over the mesh's devices
-  (each shard finds its own top-k, then the shards' candidates are merged).
+* ExactIndex: matmul + lax.top_k on device; on a mesh with a 'corpus' axis the vectors are
+  split along it (each shard finds its own top-k for its slice of the queries, then the
+  shards' candidates are merged).
 * ScannIndex: ScaNN (tree + asymmetric hashing + exact reorder) on the host through
   jax.pure_callback, for corpora that do not fit on the device. Serialised into the workdir
   and reloaded without rebuilding.
@@ -28,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
-from vsr_jax import registry
+from vsr_jax import registry, sharding
 from vsr_jax.config_lib import ConfigError
 
 _NEG = -jnp.inf
@@ -74,19 +75,17 @@ class ExactIndex:
   def __init__(self, vectors: jax.Array, num_valid: int, mesh: Mesh | None = None):
     self.vectors = vectors          # [V_padded, E]; rows >= num_valid are padding
     self.num_valid = num_valid
-    self.mesh = mesh                # shard rows over mesh axis 'data' when given
+    self.mesh = mesh                # rows split over the mesh's 'corpus' axis when given
 
   @classmethod
   def build(cls, vectors, mesh: Mesh | None = None) -> "ExactIndex":
-    vectors = jnp.asarray(vectors)
+    """On a mesh with a 'corpus' axis > 1 the rows are split over it (padded to a multiple);
+    else the vectors are one array (replicated over a mesh's devices)."""
     n = vectors.shape[0]
-    if mesh is not None and mesh.size > 1:
-      pad = (-n) % mesh.size
-      vectors = jnp.pad(vectors, ((0, pad), (0, 0)))
-      vectors = jax.device_put(vectors, NamedSharding(mesh, P(mesh.axis_names[0])))
-    else:
-      mesh = None
-    return cls(vectors, n, mesh)
+    if sharding.size(mesh, sharding.CORPUS) > 1:
+      sharding.check_corpus(mesh, n, "index")
+      return cls(sharding.put_corpus(vectors, mesh), n, mesh)
+    return cls(sharding.put_corpus(vectors, mesh), n, None)
 
   def tree_flatten(self):
     return (self.vectors,), (self.num_valid, self.mesh)
@@ -100,7 +99,7 @@ class ExactIndex:
     return self.num_valid
 
   def _run(self, q, k, gt):
-    """Flattens leading dims; runs per shard (shard_map) or on one device."""
+    """Flattens leading dims; runs per corpus shard (shard_map) or on one array."""
     lead = q.shape[:-1]
     q2 = q.reshape(-1, q.shape[-1])
     gt2 = None if gt is None else gt.reshape(-1).astype(jnp.int32)
@@ -111,29 +110,31 @@ class ExactIndex:
       if gt2 is not None:
         rank = 1 + _count_ahead(s, ids, gt2, _local_rank_parts(s, ids, gt2))
     else:
-      axis = self.mesh.axis_names[0]
-      shard_rows = self.vectors.shape[0] // self.mesh.size
+      axis = sharding.CORPUS
+      shard_rows = self.vectors.shape[0] // sharding.size(self.mesh, axis)
       num_valid = self.num_valid
 
-      def per_shard(vectors, q_all, gt_all):
+      def per_shard(vectors, q_part, gt_part):
+        # This device's queries (its slice of 'data') against its rows of the corpus; the
+        # corpus shards' candidates are merged over 'corpus' only.
         offset = jax.lax.axis_index(axis) * shard_rows
-        s, ids = _scores(vectors, q_all, offset, num_valid)
+        s, ids = _scores(vectors, q_part, offset, num_valid)
         top_s, top_i = _local_topk(s, ids, k)
-        # Merge: every shard's candidates, then the global top-k.
         all_s = jax.lax.all_gather(top_s, axis, axis=1, tiled=True)
         all_i = jax.lax.all_gather(top_i, axis, axis=1, tiled=True)
         best_s, pos = jax.lax.top_k(all_s, k)
         best_i = jnp.take_along_axis(all_i, pos, 1)
-        if gt_all is None:
-          return best_s, best_i, jnp.zeros(q_all.shape[0], jnp.int32)
-        gt_score = jax.lax.pmax(_local_rank_parts(s, ids, gt_all), axis)
-        ahead = jax.lax.psum(_count_ahead(s, ids, gt_all, gt_score), axis)
+        if gt_part is None:
+          return best_s, best_i, jnp.zeros(q_part.shape[0], jnp.int32)
+        gt_score = jax.lax.pmax(_local_rank_parts(s, ids, gt_part), axis)
+        ahead = jax.lax.psum(_count_ahead(s, ids, gt_part, gt_score), axis)
         return best_s, best_i, 1 + ahead
 
+      rows = sharding.rows_spec(q2.shape[0], self.mesh)
       g = gt2 if gt2 is not None else jnp.zeros(q2.shape[0], jnp.int32)
       fn = jax.shard_map(
           lambda v, qq, gg: per_shard(v, qq, gg if gt2 is not None else None),
-          mesh=self.mesh, in_specs=(P(axis), P(), P()), out_specs=(P(), P(), P()),
+          mesh=self.mesh, in_specs=(P(axis), rows, rows), out_specs=(rows, rows, rows),
           check_vma=False)
       top_s, top_i, rank = fn(self.vectors, q2, g)
       rank = rank if gt2 is not None else None
@@ -171,8 +172,19 @@ def scann_params(cfg, n: int) -> dict:
   }
 
 
+def _import_scann():
+  """ScaNN, imported where it is used (a host-only dependency with Linux wheels only)."""
+  try:
+    import scann   # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ConfigError("config.index.backend='scann' needs the scann package (wheels for Linux "
+                      "x86-64 / aarch64 only): pip install scann, or use "
+                      "config.index.backend='exact'") from e
+  return scann
+
+
 def build_scann(vectors: np.ndarray, params: dict, threads: int = 0):
-  import scann  # host-only dependency, imported where it is used
+  scann = _import_scann()
   vectors = np.ascontiguousarray(vectors, np.float32)
   builder = scann.scann_ops_pybind.builder(vectors, 10, "dot_product")
   builder = builder.tree(num_leaves=params["num_leaves"],
@@ -242,7 +254,7 @@ class ScannIndex:
   def build(cls, vectors: np.ndarray, cfg, *, directory: str | None = None,
             rank_depth: int = 100) -> "ScannIndex":
     """Loads the serialised searcher from `directory` if it matches, else builds (and saves)."""
-    import scann
+    scann = _import_scann()
     vectors = np.ascontiguousarray(np.asarray(vectors), np.float32)
     params = scann_params(cfg, vectors.shape[0])
     meta = {"params": params, "num_vectors": int(vectors.shape[0]),
@@ -332,7 +344,8 @@ def index_bytes(directory: str) -> int:
 @registry.INDEX_BACKENDS.register("exact")
 def _build_exact(config, vectors, mesh, directory):
   del directory
-  return ExactIndex.build(vectors, mesh if config.index.shard else None)
+  del config
+  return ExactIndex.build(vectors, mesh)
 
 
 @registry.INDEX_BACKENDS.register("scann")

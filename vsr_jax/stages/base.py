@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import queue
+import threading
 import zlib
 from typing import Callable
 
@@ -147,6 +149,15 @@ def finished(config, workdir: str, name: str) -> bool:
 
 # ------------------------------------------------------------------------ the loop
 
+# Host batches prepared ahead of the step that needs them (Batches).
+PREFETCH_DEPTH = 2
+
+
+def _every_step(step: int) -> bool:
+  del step
+  return True
+
+
 @dataclasses.dataclass
 class Loop:
   """One checkpointed optimisation loop of a stage."""
@@ -158,14 +169,150 @@ class Loop:
   batch_fn: Callable              # (step, state) -> host batch (dict of arrays)
   extra_fn: Callable | None = None      # () -> host arrays saved to resume exactly
   restore_extra: Callable | None = None  # (saved arrays) -> None
+  # step -> whether batch_fn reads `state`, or changes what extra_fn returns, at that step.
+  # Those batches are made in turn with the current state; the others may be made ahead by a
+  # thread, with state=None. The default (every step) prepares nothing ahead.
+  reads_state: Callable[[int], bool] = _every_step
+
+
+class _Failed:
+  """An error raised while preparing a batch ahead, re-raised where that batch is asked for."""
+
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
+class Batches:
+  """The device batches of steps start..end-1, asked for in order with the state they may read.
+
+  A step whose batch reads the state (and the first step) is made when asked; the steps after
+  it, up to the next such step, are made ahead by a thread, at most `depth` batches ahead. So
+  every batch_fn call sees what the sequential loop's would (batch_fn is deterministic in its
+  step and, at its state-reading steps, the state), and the batches are the same bit for bit.
+  """
+
+  def __init__(self, batch_fn: Callable, reads_state: Callable[[int], bool], put: Callable,
+               start: int, end: int, depth: int = PREFETCH_DEPTH):
+    self.batch_fn, self.reads_state, self.put = batch_fn, reads_state, put
+    self.start, self.end, self.depth = start, end, depth
+    self.next = start
+    self.queue = queue.Queue(maxsize=max(depth, 1))
+    self.thread = None
+    self.stop = threading.Event()
+
+  def ahead(self, step: int) -> bool:
+    return self.depth > 0 and step > self.start and not self.reads_state(step)
+
+  def get(self, step: int, state):
+    if step != self.next:
+      raise ValueError(f"batches are asked for in order: step {step}, expected {self.next}")
+    self.next = step + 1
+    if not self.ahead(step):
+      self._join()          # the previous run of steps is consumed: nothing else calls batch_fn
+      batch = self.put(self.batch_fn(step, state))
+      if step + 1 < self.end and self.ahead(step + 1):
+        self.thread = threading.Thread(target=self._work, args=(step + 1,), daemon=True,
+                                       name=f"batches from step {step + 1}")
+        self.thread.start()
+      return batch
+    item = self.queue.get()
+    if isinstance(item, _Failed):
+      raise item.error
+    return item
+
+  def _work(self, first: int) -> None:
+    step = first
+    try:
+      while step < self.end and self.ahead(step):
+        if not self._offer(self.put(self.batch_fn(step, None))):
+          return
+        step += 1
+    except BaseException as e:   # pylint: disable=broad-except  (a kill too: re-raised in get)
+      self._offer(_Failed(e))
+
+  def _offer(self, item) -> bool:
+    while not self.stop.is_set():
+      try:
+        self.queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def _join(self) -> None:
+    if self.thread is not None:
+      self.thread.join()
+      self.thread = None
+
+  def close(self) -> None:
+    """Stops the thread (the loop ended early or failed): batches made ahead are dropped."""
+    self.stop.set()
+    self._join()
+
+
+def profile_range(config) -> tuple[int, int] | None:
+  """log.profile_steps 'A:B' -> (A, B); '' -> None (validated in defaults.validate)."""
+  if not config.log.profile_steps:
+    return None
+  first, _, last = config.log.profile_steps.partition(":")
+  return int(first), int(last)
+
+
+class _Trace:
+  """A jax.profiler trace of steps A..B-1 (log.profile_steps) of one loop, into
+  WORKDIR/profile/<folder>/ (TensorBoard's profile plugin, Perfetto or XProf read it)."""
+
+  def __init__(self, config, workdir: str, folder: str, start: int):
+    span = profile_range(config)
+    self.first, self.last = span if span else (0, 0)
+    self.first = max(self.first, start)     # a resumed loop traces what is left of the range
+    self.directory = os.path.join(workdir, "profile", folder)
+    self.on = False
+
+  def at(self, step: int, state) -> None:
+    """Called before step `step` is dispatched: starts or ends the trace."""
+    if step == self.first and step < self.last:
+      jax.profiler.start_trace(self.directory)
+      self.on = True
+    elif step == self.last:
+      self.end(state)
+
+  def end(self, state=None) -> None:
+    if self.on:
+      if state is not None:
+        jax.block_until_ready(state)      # the traced steps' device work is in the trace
+      jax.profiler.stop_trace()
+      self.on = False
+      logging.info("profile trace written to %s", self.directory)
 
 
 def run_loop(loop: Loop, ctx: Context) -> train_state.TrainState:
   """Restores a finished loop, resumes an interrupted one from its last checkpoint, stops on a
   non-finite value naming the step and the term (the last good checkpoint stays), logs to
-  TensorBoard and prints a progress line."""
+  TensorBoard and prints a progress line.
+
+  The device is kept busy: step N is dispatched before step N-1's metrics are fetched, and
+  metrics are fetched only for a log step, a progress line or a checkpoint; batches are made
+  ahead (Batches) and checkpoints are written in the background. The stage's results are the
+  sequential loop's, bit for bit. A non-finite value is therefore seen late, but every step's
+  metrics are checked, in order: the error names the first bad step and term, and a
+  checkpoint is saved only after every step up to it is checked.
+  """
+  ckpt = checkpoints.Checkpoints(ctx.workdir, loop.folder, ctx.config.checkpoint.max_to_keep)
+  try:
+    state = _train(loop, ctx, ckpt)
+  except BaseException:
+    try:
+      ckpt.close()        # the last save finishes; the loop's own error is what is raised
+    except Exception:   # pylint: disable=broad-except
+      logging.exception("%s: the last checkpoint save failed too", loop.folder)
+    raise
+  ckpt.close()            # waits for the last save; its failure is this loop's error
+  return state
+
+
+def _train(loop: Loop, ctx: Context, ckpt: checkpoints.Checkpoints):
   config = ctx.config
-  ckpt = checkpoints.Checkpoints(ctx.workdir, loop.folder, config.checkpoint.max_to_keep)
   state = loop.state
   latest = ckpt.latest_step()
   if latest is not None:
@@ -175,36 +322,72 @@ def run_loop(loop: Loop, ctx: Context) -> train_state.TrainState:
     logging.info("%s: restored checkpoint at step %d", loop.folder, latest)
   start = int(state.step)
   if start >= loop.steps:
-    ckpt.close()
     return state
   mesh = ctx.mesh or sharding.make_mesh(config.mesh)
-  state = jax.device_put(state, sharding.replicated(mesh))
+  # Parameters and optimizer state by config.mesh.params (replicated, or split over 'model').
+  state = jax.device_put(state, sharding.param_shardings(state, mesh, config.mesh.params))
   data_sharding = sharding.batch_sharded(mesh)
   base_rng = jax.random.PRNGKey(config.seed + zlib.crc32(loop.folder.encode()) % 10_000)
   progress = Progress(loop.folder, loop.steps, "steps", config.log.progress_seconds)
-  for step in range(start, loop.steps):
-    batch = jax.device_put(loop.batch_fn(step, state), data_sharding)
-    new_state, metrics = loop.step_fn(state, batch, jax.random.fold_in(base_rng, step))
-    metrics = jax.device_get(metrics)
-    for term, value in metrics.items():
-      if not np.all(np.isfinite(value)):
-        ckpt.close()
-        raise NonFiniteError(
-            f"{loop.folder} step {step}: {term} is {value}; stopped. The last good checkpoint "
-            f"in {ckpt.directory} is kept (step {ckpt.latest_step()})")
-    state = new_state
+  batches = Batches(loop.batch_fn, loop.reads_state,
+                    lambda batch: jax.device_put(batch, data_sharding), start, loop.steps)
+  trace = _Trace(config, ctx.workdir, loop.folder, start)
+  unchecked = []          # (step, metrics still on the device), in step order
+
+  def fetch(upto: int) -> dict:
+    """Brings the metrics of every step up to `upto` to the host, checks them in step order
+    and returns step `upto`'s."""
+    nonlocal unchecked
+    now = [u for u in unchecked if u[0] <= upto]
+    unchecked = unchecked[len(now):]
+    host = jax.device_get([metrics for _, metrics in now])
+    for (step, _), metrics in zip(now, host):
+      for term, value in sorted(metrics.items()):
+        if not np.all(np.isfinite(value)):
+          try:            # a save in flight holds checked steps only: let it land
+            ckpt.wait()
+          except Exception:   # pylint: disable=broad-except  (the non-finite value is the news)
+            logging.exception("%s: the last checkpoint save failed", loop.folder)
+          raise NonFiniteError(
+              f"{loop.folder} step {step}: {term} is {value}; stopped. The last good "
+              f"checkpoint in {ckpt.directory} is kept (step {ckpt.latest_step()})")
+    return host[-1]
+
+  def report(step: int, metrics: dict) -> None:
     done = step + 1
     if ctx.writer is not None and (done % config.log.every_steps == 0 or done == loop.steps):
       for term, value in metrics.items():
         ctx.writer.add_scalar(f"{loop.folder}/{term}", float(value), done)
-    # Every step: the line itself appears at most every log.progress_seconds.
     progress.update(done, " ".join(f"{k} {float(v):.3f}" for k, v in sorted(metrics.items())
                                    if k in ("loss", "reward", "batch_r1", "verify_acc",
                                             "ret_r1", "vr_r1", "clip_frac")))
-    if done % config.checkpoint.every_steps == 0 or done == loop.steps:
-      ckpt.save(done, state, loop.description,
-                extra=loop.extra_fn() if loop.extra_fn else None)
-  ckpt.close()
+
+  wanted = None           # a step whose metrics are reported once the next step is queued
+  try:
+    for step in range(start, loop.steps):
+      trace.at(step, state)
+      with jax.profiler.StepTraceAnnotation(loop.folder, step_num=step):
+        batch = batches.get(step, state)
+        state, metrics = loop.step_fn(state, batch, jax.random.fold_in(base_rng, step))
+      unchecked.append((step, metrics))
+      if wanted is not None:        # one step late: the device already has this step to do
+        report(wanted, fetch(wanted))
+        wanted = None
+      done = step + 1
+      if done % config.log.every_steps == 0 or done == loop.steps or progress.due(done):
+        wanted = step
+      if done % config.checkpoint.every_steps == 0 or done == loop.steps:
+        # A checkpoint never holds a state that came from a non-finite step.
+        metrics = fetch(step)
+        if wanted == step:
+          report(step, metrics)
+          wanted = None
+        ckpt.save(done, state, loop.description,
+                  extra=loop.extra_fn() if loop.extra_fn else None)
+    trace.end(state)
+  finally:
+    batches.close()
+    trace.end()
   return state
 
 

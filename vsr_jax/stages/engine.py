@@ -142,7 +142,10 @@ class EngineStage(base.Stage):
         folder=folder, steps=dict(self.folders(config))[folder], state=state,
         description=self.describe(config, folder), step_fn=step_fn, batch_fn=batch_fn,
         extra_fn=lambda: {"hard_pool": lc["hard"]},
-        restore_extra=lambda extra: lc.update(hard=extra.get("hard_pool")))
+        restore_extra=lambda extra: lc.update(hard=extra.get("hard_pool")),
+        # A new pool and its mining (the weights) come at multiples of mine_every, or at the
+        # loop's first step; the batches in between only read them, and are made ahead.
+        reads_state=lambda step: step % cfg.mine_every == 0)
 
   def train(self, ctx):
     params = jax.device_get(base.run_loop(self.loop(ctx), ctx).params)

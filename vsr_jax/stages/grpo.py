@@ -3,6 +3,7 @@ by the k3 KL) the stage-1 policy (vsr_jax/objectives/grpo.py)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -64,6 +65,11 @@ class GrpoStage(AgentStage):
     return grpo.optimizer(config.grpo)
 
   def train(self, ctx):
+    return jax.device_get(base.run_loop(self.loop(ctx), ctx).params)
+
+  def loop(self, ctx) -> base.Loop:
+    """Its optimisation loop: the state (from the stage-1 policy), step and batches (from ctx:
+    the train split, the engine's parameters and its view of the split)."""
     config = ctx.config
     cfg = config.grpo
     agent, engine, engine_params = self.agent(ctx), ctx.engine, ctx.engine_params
@@ -71,7 +77,8 @@ class GrpoStage(AgentStage):
     split = ctx.splits[config.data.train_split]
     retrieval = train_retrieval(ctx)
     key_ids, key_valid = ret_keys(config, retrieval, split)
-    corpus = Corpus.from_split(index_lib.ExactIndex.build(retrieval.videos), split)
+    corpus = Corpus.from_split(index_lib.ExactIndex.build(retrieval.videos, ctx.mesh), split,
+                               ctx.mesh)
     spec = episode_config(config, turns=cfg.turns, mode="sample", refine=self.refiner(config))
     state = train_state.TrainState.create(apply_fn=agent.apply, params=ref_params,
                                           tx=self.optimizer(config))
@@ -84,12 +91,16 @@ class GrpoStage(AgentStage):
               "gt_time": split.times[qi], "ret_keys": retrieval.videos[key_ids[qi]],
               "ret_valid": key_valid[qi]}
 
-    step_fn = jax.jit(grpo.make_train_step(agent, engine, engine_params, ref_params, corpus,
-                                           spec, cfg), donate_argnums=0)
-    loop = base.Loop(folder=self.name, steps=cfg.steps, state=state,
+    # The corpus goes in as an argument (not a closed-over constant): it keeps its sharding
+    # over the mesh's 'corpus' axis inside the compiled step.
+    train_step = jax.jit(
+        lambda state, batch, rng, corpus: grpo.make_train_step(
+            agent, engine, engine_params, ref_params, corpus, spec, cfg)(state, batch, rng),
+        donate_argnums=0)
+    step_fn = functools.partial(train_step, corpus=corpus)
+    return base.Loop(folder=self.name, steps=cfg.steps, state=state,
                      description=self.describe(config, self.name), step_fn=step_fn,
-                     batch_fn=batch_fn)
-    return jax.device_get(base.run_loop(loop, ctx).params)
+                     batch_fn=batch_fn, reads_state=lambda step: False)   # made ahead
 
 
 registry.STAGES.register("grpo", GrpoStage())

@@ -172,7 +172,7 @@ class SftStage(AgentStage):
     return base.Loop(folder=self.name, steps=cfg.steps,
                      state=self.fresh_state(ctx, engine_params),
                      description=self.describe(config, self.name), step_fn=step_fn,
-                     batch_fn=batch_fn)
+                     batch_fn=batch_fn, reads_state=lambda step: False)   # made ahead
 
 
 class SftHqrStage(SftStage):
