@@ -48,9 +48,11 @@ class Corpus:
   @classmethod
   def from_split(cls, index, split, mesh=None) -> "Corpus":
     arrays = (split.features, split.num_frames, split.frame_seconds, split.durations)
-    placed = [sharding.put_corpus(a, mesh) for a in arrays]
-    if sharding.size(mesh, sharding.CORPUS) > 1:
+    split_over_corpus = sharding.size(mesh, sharding.CORPUS) > 1
+    if split_over_corpus:   # refused before anything is placed
       sharding.check_corpus(mesh, len(split.num_frames), "episode")
+    placed = [sharding.put_corpus(a, mesh) for a in arrays]
+    if split_over_corpus:
       return cls(index, *placed, mesh=mesh)
     return cls(index, *placed)   # one array each (replicated over a mesh's devices)
 
