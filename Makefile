@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m vsr_jax.main --config=configs/synthetic.py --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench-scann: $(STAMP)
 	$(PY) experiments/scann_benchmark.py

@@ -169,7 +169,9 @@ def test_sharded_exact_index_equals_unsharded():
     gt = rng.integers(0, 10, (2, 5))
     gt[0, :4] = [1, 8, 9, 5]                  # duplicates in other shards
     ks = [1, 3, 7, 10]                        # 7, 10 > rows per shard
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ,
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+               + " --xla_force_host_platform_device_count=4",
                JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], cwd=REPO, env=env,
                           input=json.dumps({"vectors": vectors.tolist(), "q": q.tolist(),

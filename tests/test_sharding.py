@@ -1,10 +1,11 @@
 """Tests for vsr_jax.sharding: the mesh from config, its checks, parameter rules, and data +
 corpus parallelism as a config change (8 simulated devices as data 2 x corpus 4 give the losses
-and metrics of 1)."""
+and metrics of 1, and so do two processes of 4 devices each)."""
 
 import glob
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -101,68 +102,104 @@ SCRIPT = """
 import json, sys
 import jax
 import numpy as np
-from vsr_jax import config_lib, rollout, sharding, stages, train
-smoke, out, data, corpus = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-name = f"mesh{data}x{corpus}"
+from vsr_jax import config_lib, hosts, rollout, sharding, stages, train
+smoke, out, data, corpus, coordinator, processes, pid = sys.argv[1:8]
 config = config_lib.load(smoke, {
-    "mesh.data": str(data), "mesh.corpus": str(corpus), "stages": "('engine', 'sft', 'grpo')",
+    "mesh.data": data, "mesh.corpus": corpus, "stages": "('engine', 'sft', 'grpo')",
+    "mesh.init_timeout_s": "120", "mesh.heartbeat_timeout_s": "60",
     "eval.rows": str({r: config_lib.load(smoke).eval.rows[r].to_dict() for r in
                       ('engine_single_shot', 'agent_sqr_stage1', 'agent_sqr_stage2')}),
-    "data.dir": out + "/data"})
-train.train_and_evaluate(config, f"{out}/{name}")
-# Where the episode's frame store lives: each device's shard of the eval corpus.
+    "data.dir": out + "/data" + processes})
+workdir = f"{out}/mesh{data}x{corpus}p{processes}"
+if int(processes) > 1:
+  hosts.initialize(config.mesh, coordinator, int(processes), int(pid))
+hosts.agree(config, workdir, "train", 60)
+train.train_and_evaluate(config, workdir)
+# Where the episode's frame store lives: this process's devices' shards of the eval corpus.
 mesh = sharding.make_mesh(config.mesh)
-ctx = stages.Context.open(config, f"{out}/{name}", mesh=mesh)
+ctx = stages.Context.open(config, workdir, mesh=mesh)
 split = ctx.splits[config.data.eval_split]
 c = rollout.Corpus.from_split(None, split, mesh)
 vid = np.arange(len(split.num_frames))[::-1].copy()
-got = jax.jit(lambda cc, v: cc.take(v))(c, vid)
+got = hosts.fetch(jax.jit(lambda cc, v: cc.take(v))(c, vid))
 print("RESULT" + json.dumps({
     "videos": len(split.num_frames), "padded": c.features.shape[0],
-    "devices": len(jax.devices()),
+    "devices": len(jax.devices()), "processes": jax.process_count(),
     "shard_rows": sorted(s.data.shape[0] for s in c.features.addressable_shards),
     "num_frames_rows": sorted(s.data.shape[0] for s in c.num_frames.addressable_shards),
-    "take_equal": bool(np.array_equal(np.asarray(got[0]), split.features[vid])
-                       and np.array_equal(np.asarray(got[1]), split.num_frames[vid]))}))
+    "take_equal": bool(np.array_equal(got[0], split.features[vid])
+                       and np.array_equal(got[1], split.num_frames[vid]))}), flush=True)
 """
 
 
-def run_mesh(out, devices, data, corpus):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_mesh(out, devices, data, corpus, processes=1):
+  """The smoke pipeline on `processes` processes of `devices` CPU devices each; the RESULT
+  line of each process, in process order."""
+  env = dict(os.environ,
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+             + f" --xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", SCRIPT, SMOKE, out, str(data), str(corpus)],
-                        env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")][-1]
-  return json.loads(line[len("RESULT"):])
+  coordinator = f"127.0.0.1:{free_port()}" if processes > 1 else ""
+  procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, SMOKE, out, str(data), str(corpus),
+                             coordinator, str(processes), str(i)],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for i in range(processes)]
+  results = []
+  for i, proc in enumerate(procs):
+    stdout, stderr = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, f"process {i}: {stderr[-4000:]}"
+    line = [x for x in stdout.splitlines() if x.startswith("RESULT")][-1]
+    results.append(json.loads(line[len("RESULT"):]))
+  return results
 
 
-def test_a_corpus_split_over_devices_matches_one_device(tmp_path):
+def test_a_run_split_over_devices_and_processes_matches_one_device(tmp_path):
   """Stage 0, SFT, GRPO (its train corpus split over 'corpus') and the evaluation episode on
-  8 simulated devices as data 2 x corpus 4 give the losses (every logged scalar) and metrics
-  of 1 device, and each device holds a quarter of the frame store."""
+  8 simulated devices as data 2 x corpus 4 -- in one process, and in two processes of 4
+  devices each (multi-host: gloo collectives, process 0 writing) -- give the losses (every
+  logged scalar) and metrics of 1 device, and each device holds a quarter of the frame store.
+  """
   out = str(tmp_path)
-  one = run_mesh(out, 1, 1, 1)
-  split = run_mesh(out, 8, 2, 4)
+  [split] = run_mesh(out, 8, 2, 4)
+  hosts2 = run_mesh(out, 4, 2, 4, processes=2)
+  # Last: by then tests/test_train.py's smoke run (started at the same time on the other
+  # xdist worker) has put these one-device programs in the session's compilation cache.
+  [one] = run_mesh(out, 1, 1, 1)
   assert one["shard_rows"] == [one["videos"]]
   v = split["videos"]
   quarter = -(-v // 4)
   assert split["devices"] == 8 and split["padded"] == 4 * quarter
   assert split["shard_rows"] == [quarter] * 8          # 4 shards, each on 2 data replicas
   assert split["num_frames_rows"] == [quarter] * 8
-  assert split["take_equal"] and one["take_equal"]
-  a, b = read_scalars(f"{out}/mesh1x1"), read_scalars(f"{out}/mesh2x4")
-  assert a.keys() == b.keys()
+  for r in hosts2:                                      # each process holds its 4 devices'
+    assert r["processes"] == 2 and r["devices"] == 8 and r["padded"] == 4 * quarter
+    assert r["shard_rows"] == [quarter] * 4 and r["num_frames_rows"] == [quarter] * 4
+  assert all(r["take_equal"] for r in [one, split] + hosts2)
+  # Only process 0 wrote the shared outputs; the other wrote none of its own.
+  assert os.listdir(f"{out}/mesh2x4p2/tb") and not glob.glob(f"{out}/mesh2x4p2/.staging*")
+  a = read_scalars(f"{out}/mesh1x1p1")
   assert any(k.startswith("grpo/loss") for k in a) and any(k.startswith("sft/") for k in a)
-  for key in a:
-    np.testing.assert_allclose(b[key], a[key], rtol=2e-3, atol=2e-4, err_msg=key)
-  with open(f"{out}/mesh1x1/metrics.json") as f:
-    m1 = json.load(f)
-  with open(f"{out}/mesh2x4/metrics.json") as f:
-    m8 = json.load(f)
+  m1 = read_json(f"{out}/mesh1x1p1/metrics.json")
   assert set(m1) == {"engine_single_shot", "agent_sqr_stage1", "agent_sqr_stage2"}
-  for row in m1:
-    for name, value in m1[row].items():
-      if name != "per_turn":
-        np.testing.assert_allclose(m8[row][name], value, rtol=1e-4, atol=1e-6,
-                                   err_msg=f"{row}/{name}")
+  for name in ("mesh2x4p1", "mesh2x4p2"):
+    b = read_scalars(f"{out}/{name}")
+    assert a.keys() == b.keys(), name
+    for key in a:
+      np.testing.assert_allclose(b[key], a[key], rtol=2e-3, atol=2e-4, err_msg=f"{name} {key}")
+    m8 = read_json(f"{out}/{name}/metrics.json")
+    for row in m1:
+      for metric, value in m1[row].items():
+        if metric != "per_turn":
+          np.testing.assert_allclose(m8[row][metric], value, rtol=1e-4, atol=1e-6,
+                                     err_msg=f"{name} {row}/{metric}")
+
+
+def read_json(path):
+  with open(path) as f:
+    return json.load(f)

@@ -260,6 +260,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.corpus = 1                # the index vectors and the frame store split along it
   c.mesh.model = 1                 # parameters split along it when mesh.params = 'fsdp'
   c.mesh.params = "replicated"     # replicated | fsdp (each leaf's largest divisible dim)
+  # Multi-host runs (vsr_jax/hosts.py): how long the processes wait for each other to join,
+  # and how long a process that stopped answering (died) goes unnoticed before the others
+  # stop with an error naming it.
+  c.mesh.init_timeout_s = 300
+  c.mesh.heartbeat_timeout_s = 100
 
   c.log = ml_collections.ConfigDict()
   c.log.every_steps = 100
@@ -419,5 +424,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          ">= 1 or -1 (the devices left)")
   need([config.mesh[a] for a in sharding.AXES].count(-1) <= 1, "mesh",
        "at most one axis of -1 (the devices left)")
+  for field in ("init_timeout_s", "heartbeat_timeout_s"):
+    need(config.mesh[field] >= 1, f"mesh.{field}", ">= 1 (seconds)")
   need(config.mesh.params in sharding.PARAM_RULES, "mesh.params",
        " or ".join(repr(r) for r in sharding.PARAM_RULES))

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from vsr_jax import config_lib, registry, rollout, sharding
+from vsr_jax import config_lib, hosts, registry, rollout, sharding
 from vsr_jax import metrics as metrics_lib
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
@@ -95,13 +95,19 @@ def prediction_rows(row: RowResult, split):
 
 
 def write_outputs(workdir: str, rows: list, split, *, main_row: str | None = None) -> dict:
-  """Writes predictions, submissions and metrics.json for all rows; returns the metrics."""
+  """Writes predictions, submissions and metrics.json for all rows (process 0 of a multi-host
+  run; every process returns the metrics)."""
+  all_metrics = {row.name: row_metrics(row, split) for row in rows}
+  hosts.on_primary(lambda: _write_outputs(workdir, rows, split, all_metrics, main_row),
+                   "evaluation outputs")
+  return all_metrics
+
+
+def _write_outputs(workdir: str, rows: list, split, all_metrics: dict, main_row) -> None:
   staging = workdir_lib.staging_dir(workdir)
   os.makedirs(os.path.join(staging, "predictions"))
   os.makedirs(os.path.join(staging, "submissions"))
-  all_metrics = {}
   for row in rows:
-    all_metrics[row.name] = row_metrics(row, split)
     with open(os.path.join(staging, "predictions", f"{row.name}.jsonl"), "w") as f:
       for record in prediction_rows(row, split):
         f.write(json.dumps(record) + "\n")
@@ -115,7 +121,6 @@ def write_outputs(workdir: str, rows: list, split, *, main_row: str | None = Non
           os.path.join(staging, "tvr_submission.json"))
   workdir_lib.write_json(os.path.join(staging, "metrics.json"), all_metrics)
   workdir_lib.publish(workdir, staging)
-  return all_metrics
 
 
 def format_table(all_metrics: dict) -> str:
@@ -173,29 +178,42 @@ class EngineLists:
 SCORE_ALL_FRAMES = 1 << 22
 
 
+# Module level (modules and sizes static): every row of an evaluation, and every evaluation in
+# a process, reuses one compilation per shape.
+@functools.partial(jax.jit, static_argnums=0)
+def _frame_vectors(engine, params, frames):
+  return engine.apply({"params": params}, frames, method=type(engine).frame_vectors)
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def _search_and_rank(index, q, gt, *, k: int):
+  return index.search_and_rank(q, k, gt)
+
+
+@jax.jit
+def _ground(q, fv, nf):
+  s = jnp.einsum("be,bkfe->bkf", q, fv)
+  return encode.best_window(s, nf)
+
+
+@functools.partial(jax.jit, static_argnames="frames")
+def _ground_all(q, fv_flat, ids, nf, *, frames: int):
+  """Scores against every frame of the corpus in one matmul, then the top-k videos' rows."""
+  F = frames
+  s = (q @ fv_flat.T).reshape(q.shape[0], -1, F)
+  s = jnp.take_along_axis(s, jnp.broadcast_to(ids[:, :, None], ids.shape + (F,)), axis=1)
+  return encode.best_window(s, nf)
+
+
 def engine_lists(config, engine, params, split, index, q: np.ndarray) -> EngineLists:
   """Top-k (eval.tvr_top_k) videos for query vectors q [Q, E], each with its best window."""
   k = min(config.eval.tvr_top_k, split.num_videos)
   check_top_k(k, split.num_videos, "eval.tvr_top_k")
   batch = config.eval.batch_size
-  frame_fn = jax.jit(lambda p, f: engine.apply({"params": p}, f,
-                                               method=type(engine).frame_vectors))
-
-  @jax.jit
-  def search(index, q, gt):
-    return index.search_and_rank(q, k, gt)
-
-  @jax.jit
-  def ground(q, fv, nf):
-    s = jnp.einsum("be,bkfe->bkf", q, fv)
-    return encode.best_window(s, nf)
-
-  @jax.jit
-  def ground_all(q, fv_flat, ids, nf):
-    """Scores against every frame of the corpus in one matmul, then the top-k videos' rows."""
-    s = (q @ fv_flat.T).reshape(q.shape[0], -1, F)
-    s = jnp.take_along_axis(s, jnp.broadcast_to(ids[:, :, None], ids.shape + (F,)), axis=1)
-    return encode.best_window(s, nf)
+  frame_fn = functools.partial(_frame_vectors, engine)
+  search = functools.partial(_search_and_rank, k=k)
+  ground = _ground
+  ground_all = functools.partial(_ground_all, frames=split.features.shape[1])
 
   Q = split.num_queries
   top_scores = np.zeros((Q, k), np.float32)
@@ -203,12 +221,12 @@ def engine_lists(config, engine, params, split, index, q: np.ndarray) -> EngineL
   ranks = np.zeros(Q, np.int32)
   for start in range(0, Q, batch):
     sl = slice(start, start + batch)
-    s, i, r = jax.device_get(search(index, q[sl], split.video_index[sl]))
+    s, i, r = hosts.fetch(search(index, q[sl], split.video_index[sl]))
     top_scores[sl], top_ids[sl], ranks[sl] = s, i, r
   valid = top_ids >= 0                       # ScaNN may list fewer than k
   safe_ids = np.where(valid, top_ids, 0)
   # Per-frame engine vectors of the whole corpus, for grounding by frame-query similarity.
-  fv = np.concatenate([np.asarray(frame_fn(params, split.features[j:j + batch]))
+  fv = np.concatenate([hosts.fetch(frame_fn(params, split.features[j:j + batch]))
                        for j in range(0, split.num_videos, batch)])
   starts = np.zeros((Q, k), np.int32)
   ends = np.zeros((Q, k), np.int32)
@@ -229,7 +247,7 @@ def engine_lists(config, engine, params, split, index, q: np.ndarray) -> EngineL
       a, b = ground_all(q[sl], fv_flat, ids, split.num_frames[ids])
     else:
       a, b = ground(q[sl], fv[ids], split.num_frames[ids])
-    starts[sl], ends[sl] = np.asarray(a), np.asarray(b)
+    starts[sl], ends[sl] = hosts.fetch((a, b))
     progress.update(min(start + sub, Q))
   if config.eval.grounding == "whole_video":
     starts[:] = 0
@@ -275,6 +293,9 @@ def _pad_batch(arrays, size: int):
   return [np.concatenate([a, np.repeat(a[-1:], size - real, 0)]) for a in arrays], real
 
 
+_greedy_episode = jax.jit(rollout.episode, static_argnums=(0, 1), static_argnames="spec")
+
+
 def agent_row(config, name, agent, params, engine, engine_params, split, corpus, spec,
               mesh=None):
   """Greedy episodes of an agent over the whole split, as a method row.
@@ -282,9 +303,9 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
   mesh: the episode's batch is split over its 'data' axis (the corpus as `corpus` holds it).
   """
   batch = config.eval.batch_size
-  run = jax.jit(functools.partial(rollout.episode, agent, engine, spec=spec))
+  run = functools.partial(_greedy_episode, agent, engine, spec=spec)
   place = (lambda x: x) if mesh is None else functools.partial(
-      jax.device_put, device=sharding.batch_sharded(mesh))
+      hosts.put_rows, sharding=sharding.batch_sharded(mesh))
   rng = jax.random.PRNGKey(0)
   Q, T = split.num_queries, spec.turns
   keep = ("retrieved", "rank", "policy_rank", "verdict", "pred_time")
@@ -294,7 +315,7 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
   for start in range(0, Q, batch):
     (tokens, gt), real = _pad_batch([split.tokens[start:start + batch],
                                      split.video_index[start:start + batch]], batch)
-    steps = jax.device_get(run(params, engine_params, corpus, place(tokens), place(gt), rng))
+    steps = hosts.fetch(run(params, engine_params, corpus, place(tokens), place(gt), rng))
     for k in keep:
       per_turn[k].append(steps[k][:, :real])
     finals.append(steps["final_query"][:real])
@@ -320,26 +341,28 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
                    vr=vcmr)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames="k")
+def _top_spans(agent, engine, params, engine_params, tokens, frames, nf, *, k: int):
+  q = engine.apply({"params": engine_params}, tokens, method=type(engine).encode_text)
+  view = rollout.engine_view(agent, engine, engine_params, frames, q)
+  out = agent.apply({"params": params}, tokens, frames, nf, num_latents=0, mode="greedy",
+                    sigma=1.0, method=policy.Agent.act, **view)
+  lp = jax.nn.log_softmax(out["span"].reshape(tokens.shape[0], -1))
+  return jax.lax.top_k(lp, k)
+
+
 def _agent_svmr(config, agent, params, engine, engine_params, split, k: int):
   """The agent's top-k spans inside each query's ground-truth video (its span head)."""
   batch = config.eval.batch_size
 
-  @jax.jit
-  def spans(tokens, frames, nf):
-    q = engine.apply({"params": engine_params}, tokens, method=type(engine).encode_text)
-    view = rollout.engine_view(agent, engine, engine_params, frames, q)
-    out = agent.apply({"params": params}, tokens, frames, nf, num_latents=0, mode="greedy",
-                      sigma=1.0, method=policy.Agent.act, **view)
-    lp = jax.nn.log_softmax(out["span"].reshape(tokens.shape[0], -1))
-    return jax.lax.top_k(lp, k)
-
+  spans = functools.partial(_top_spans, agent, engine, k=k)
   Q, F = split.num_queries, split.features.shape[1]
   scores, flat = np.zeros((Q, k), np.float32), np.zeros((Q, k), np.int32)
   for start in range(0, Q, batch):
     vid = split.video_index[start:start + batch]
     (tokens, frames, nf), real = _pad_batch(
         [split.tokens[start:start + batch], split.features[vid], split.num_frames[vid]], batch)
-    s, f = jax.device_get(spans(tokens, frames, nf))
+    s, f = hosts.fetch(spans(params, engine_params, tokens, frames, nf))
     scores[start:start + real], flat[start:start + real] = s[:real], f[:real]
 
   def windows(i, n, top):

@@ -1,13 +1,16 @@
 """Entry point: flags -> train_and_evaluate / evaluate_workdir.
 
   python -m vsr_jax.main --config=configs/synthetic.py[:preset] [--config.a.b=value ...] \
-      --workdir=DIR [--mode=train|eval] [--eval_name=NAME]
+      --workdir=DIR [--mode=train|eval] [--eval_name=NAME] \
+      [--coordinator=HOST:PORT --num_processes=N --process_id=I]
 
 The config comes through `ml_collections.config_flags` (`file.py:arg`, `--config.a.b=value`).
 `--mode=eval` reads the run's own config.json when no --config is given, and takes overrides of
 the fields evaluation reads only (eval, index, mesh, log, data.eval_split, ...); with
 --eval_name its outputs go to DIR/evals/NAME/, never over the run's own. Bad input ends with
-one clear line; any other exception keeps its traceback.
+one clear line; any other exception keeps its traceback. Several processes (multi-host) run the
+same command with their own --process_id (vsr_jax/hosts.py); a process that fails exits at
+once, and the others stop when they miss its heartbeat.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -29,6 +33,11 @@ flags.DEFINE_enum("mode", "train", ["train", "eval"],
                   "workdir's checkpoints.")
 flags.DEFINE_string("eval_name", "", "--mode=eval: write the outputs into DIR/evals/NAME/ "
                     "(needed with overrides: the run's own outputs stay as they are).")
+flags.DEFINE_string("coordinator", "", "Multi-host: HOST:PORT of process 0's coordination "
+                    "service (with --num_processes and --process_id; on Slurm, Open MPI or a "
+                    "TPU pod the processes find each other without these flags).")
+flags.DEFINE_integer("num_processes", 0, "Multi-host: how many processes run this job.")
+flags.DEFINE_integer("process_id", -1, "Multi-host: this process's index, 0..N-1.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -107,9 +116,11 @@ def eval_config(config, overrides: dict):
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from vsr_jax import train   # after the flags: config errors come fast
+  from vsr_jax import hosts, train   # after the flags: config errors come fast
   try:
     config = _CONFIG.value
+    hosts.initialize(config.mesh, FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    hosts.agree(config, FLAGS.workdir, FLAGS.mode, config.mesh.init_timeout_s)
     if FLAGS.mode == "train":
       if FLAGS.eval_name:
         raise config_lib.ConfigError("--eval_name is for --mode=eval")
@@ -120,7 +131,21 @@ def main(argv):
   except (config_lib.InputError, FloatingPointError) as e:
     # Bad input (or a run that diverged): one clear line, not a traceback.
     logging.error("%s: %s", type(e).__name__, e)
+    _exit_now_if_multihost(f"error: {e}")
     sys.exit(f"error: {e}")
+  except BaseException:   # pylint: disable=broad-except (re-raised with one process)
+    _exit_now_if_multihost(traceback.format_exc())
+    raise
+
+
+def _exit_now_if_multihost(message: str) -> None:
+  """One process of several ends at once: a normal exit would wait at jax's shutdown barrier
+  for processes that wait for it; its missing heartbeat stops them instead."""
+  import jax   # pylint: disable=g-import-not-at-top
+  if jax.distributed.is_initialized():
+    print(f"process {jax.process_index()}: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
 
 
 if __name__ == "__main__":

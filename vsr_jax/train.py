@@ -6,12 +6,13 @@ sequences them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from absl import logging
 from tensorboardX import SummaryWriter
 
-from vsr_jax import config_lib, defaults, evaluate, registry, sharding, stages
+from vsr_jax import config_lib, defaults, evaluate, hosts, registry, sharding, stages
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.stages import NonFiniteError  # noqa: F401 (re-exported: callers catch it here)
 
@@ -43,11 +44,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   check_before_compiling(config, workdir)
   mesh = sharding.make_mesh(config.mesh)   # before the workdir is claimed: a bad mesh leaves
   sharding.check_batch_sizes(config, mesh)  # nothing behind
-  workdir_lib.prepare(config, workdir, mode="train")
+  hosts.primary_first(lambda: workdir_lib.prepare(config, workdir, mode="train"), "workdir")
   ctx = stages.Context.open(config, workdir, mesh=mesh,
                             splits=(config.data.train_split, config.data.eval_split))
   check_corpora(ctx)
-  with SummaryWriter(os.path.join(workdir, "tb")) as writer:
+  # TensorBoard events from process 0 only (every process logs its own progress lines).
+  with (SummaryWriter(os.path.join(workdir, "tb")) if hosts.is_primary()
+        else contextlib.nullcontext()) as writer:
     ctx.writer = writer
     for name in config.stages:
       ctx.params[name] = registry.STAGES.get(name).train(ctx)
@@ -56,6 +59,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def eval_dir(workdir: str, eval_name: str) -> str:
   return os.path.join(workdir, "evals", eval_name)
+
+
+def _start_eval_dir(config, out: str) -> None:
+  os.makedirs(out, exist_ok=True)
+  # An earlier evaluation of this name stops counting as complete before anything changes.
+  if os.path.exists(os.path.join(out, "metrics.json")):
+    os.remove(os.path.join(out, "metrics.json"))
+  workdir_lib.write_json(os.path.join(out, "config.json"), config_lib.to_dict(config))
 
 
 def evaluate_workdir(config, workdir: str, eval_name: str = "") -> dict:
@@ -82,11 +93,7 @@ def evaluate_workdir(config, workdir: str, eval_name: str = "") -> dict:
     if os.sep in eval_name or eval_name in (".", ".."):
       raise workdir_lib.WorkdirError(f"--eval_name={eval_name!r}: a plain folder name")
     out = eval_dir(workdir, eval_name)
-    os.makedirs(out, exist_ok=True)
-    # An earlier evaluation of this name stops counting as complete before anything changes.
-    if os.path.exists(os.path.join(out, "metrics.json")):
-      os.remove(os.path.join(out, "metrics.json"))
-    workdir_lib.write_json(os.path.join(out, "config.json"), config_lib.to_dict(config))
+    hosts.on_primary(lambda: _start_eval_dir(config, out), "evaluation folder")
   elif at:
     raise workdir_lib.WorkdirError(
         "config.eval.checkpoint evaluates an earlier step: give it an --eval_name so that the "

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vsr_jax import hosts
 from vsr_jax.engine.towers import DualEncoder
 from vsr_jax.progress import Progress
 
@@ -23,7 +24,7 @@ def _batched(fn, arrays, batch: int, name: str = "", every_seconds: float = 1e9)
     real = len(part[0])
     if real < batch:
       part = [np.concatenate([p, np.repeat(p[-1:], batch - real, 0)]) for p in part]
-    outs.append(jax.device_get(fn(*part))[:real])
+    outs.append(hosts.fetch(fn(*part))[:real])
     if progress:
       progress.update(start + real)
   return np.concatenate(outs) if outs else None

@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, PartitionSpec as P
 
-from vsr_jax import registry, sharding
+from vsr_jax import hosts, registry, sharding
 from vsr_jax.config_lib import ConfigError
 
 _NEG = -jnp.inf
@@ -351,6 +351,9 @@ def _build_exact(config, vectors, mesh, directory):
 @registry.INDEX_BACKENDS.register("scann")
 def _build_scann(config, vectors, mesh, directory):
   del mesh
+  if hosts.count() > 1:   # one host searcher per process and a merge: not built yet
+    raise ConfigError(f"config.index.backend='scann' runs on one process; this run has "
+                      f"{hosts.count()} (use index.backend='exact', split over mesh.corpus)")
   return ScannIndex.build(np.asarray(vectors), config.index.scann, directory=directory)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from flax.training import train_state
 
-from vsr_jax import checkpoints, registry, sharding
+from vsr_jax import checkpoints, hosts, registry, sharding
 from vsr_jax.data import sources
 from vsr_jax.engine import towers
 from vsr_jax.progress import Progress
@@ -55,9 +55,11 @@ class Context:
   def open(cls, config, workdir: str, *, splits=None, mesh=None) -> "Context":
     """Loads the data (splits; default: the eval split, which gives the tokenizer too) and
     builds the engine module."""
-    tokenizer, loaded = sources.load_data(config, workdir,
-                                          splits=splits or (config.data.eval_split,),
-                                          tokenizer=towers.tokenizer_for(config))
+    # Process 0 of a multi-host run makes what is missing (generated data, a TFDS build);
+    # the others read it once it is there.
+    tokenizer, loaded = hosts.primary_first(
+        lambda: sources.load_data(config, workdir, splits=splits or (config.data.eval_split,),
+                                  tokenizer=towers.tokenizer_for(config)), "load data")
     engine = towers.build_engine(config, len(tokenizer))
     return cls(config, workdir, tokenizer, loaded, engine, mesh=mesh)
 
@@ -330,7 +332,7 @@ def _train(loop: Loop, ctx: Context, ckpt: checkpoints.Checkpoints):
   base_rng = jax.random.PRNGKey(config.seed + zlib.crc32(loop.folder.encode()) % 10_000)
   progress = Progress(loop.folder, loop.steps, "steps", config.log.progress_seconds)
   batches = Batches(loop.batch_fn, loop.reads_state,
-                    lambda batch: jax.device_put(batch, data_sharding), start, loop.steps)
+                    lambda batch: hosts.put_rows(batch, data_sharding), start, loop.steps)
   trace = _Trace(config, ctx.workdir, loop.folder, start)
   unchecked = []          # (step, metrics still on the device), in step order
 
@@ -340,7 +342,7 @@ def _train(loop: Loop, ctx: Context, ckpt: checkpoints.Checkpoints):
     nonlocal unchecked
     now = [u for u in unchecked if u[0] <= upto]
     unchecked = unchecked[len(now):]
-    host = jax.device_get([metrics for _, metrics in now])
+    host = hosts.fetch([metrics for _, metrics in now])
     for (step, _), metrics in zip(now, host):
       for term, value in sorted(metrics.items()):
         if not np.all(np.isfinite(value)):
@@ -413,7 +415,7 @@ def restore_folder(ctx: Context, folder: str, state, description: dict, steps: i
                        f"{available(ctx.workdir).lstrip('; ')}")
   with checkpoints.Checkpoints(ctx.workdir, folder, create=False) as ckpt:
     restored = ckpt.restore(step, state, description)
-  return jax.device_get(restored.params)
+  return hosts.fetch(restored.params)
 
 
 def available(workdir: str) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from vsr_jax import registry
+from vsr_jax import hosts, registry
 from vsr_jax.data import batching, store
 from vsr_jax.engine import encode, index as index_lib, towers
 from vsr_jax.objectives import contrastive
@@ -116,7 +116,7 @@ class EngineStage(base.Stage):
           # Mining is deterministic given the weights: a resumed run mines again at a pool
           # boundary; the checkpointed negatives serve a resume in the middle of a pool.
           lc["hard"] = mine_hard_negatives(
-              engine, full(jax.device_get(state.params)), lc["pool"],
+              engine, full(hosts.fetch(state.params)), lc["pool"],
               min(cfg.mine_top_k, lc["pool"].num_videos - 1), config.eval.batch_size)
       return batching.engine_batch(lc["pool"], step, seed=config.seed + 7 * text_only,
                                    batch_size=cfg.batch_size, fine_keep=keep,
@@ -148,11 +148,11 @@ class EngineStage(base.Stage):
         reads_state=lambda step: step % cfg.mine_every == 0)
 
   def train(self, ctx):
-    params = jax.device_get(base.run_loop(self.loop(ctx), ctx).params)
+    params = hosts.fetch(base.run_loop(self.loop(ctx), ctx).params)
     if ctx.config.engine.train.text_only_steps:
       loop = self.loop(ctx, text_only=True, video_params=params["video"],
                        text_params=params["text"])
-      text = jax.device_get(base.run_loop(loop, ctx).params)["text"]
+      text = hosts.fetch(base.run_loop(loop, ctx).params)["text"]
       params = {"text": text, "video": params["video"]}
     return params
 

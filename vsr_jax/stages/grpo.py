@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 from flax.training import train_state
 
-from vsr_jax import registry
+from vsr_jax import hosts, registry
 from vsr_jax.engine import index as index_lib
 from vsr_jax.objectives import grpo
 from vsr_jax.rollout import Corpus, EpisodeConfig
@@ -65,7 +65,7 @@ class GrpoStage(AgentStage):
     return grpo.optimizer(config.grpo)
 
   def train(self, ctx):
-    return jax.device_get(base.run_loop(self.loop(ctx), ctx).params)
+    return hosts.fetch(base.run_loop(self.loop(ctx), ctx).params)
 
   def loop(self, ctx) -> base.Loop:
     """Its optimisation loop: the state (from the stage-1 policy), step and batches (from ctx:

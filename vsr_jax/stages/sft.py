@@ -16,7 +16,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from vsr_jax import config_lib, registry
+from vsr_jax import config_lib, hosts, registry
 from vsr_jax.agent import policy
 from vsr_jax.engine import encode, index as index_lib
 from vsr_jax.objectives import sft
@@ -113,7 +113,7 @@ class SftStage(AgentStage):
     return [(self.name, config.sft.steps)]
 
   def train(self, ctx):
-    return jax.device_get(base.run_loop(self.loop(ctx), ctx).params)
+    return hosts.fetch(base.run_loop(self.loop(ctx), ctx).params)
 
   def loop(self, ctx) -> base.Loop:
     """Its optimisation loop: the state, step and batches (from ctx: the train split, the
