@@ -19,19 +19,19 @@ GOOD = {"video": "TAQ25", "time": [11.6, 17.7], "desc_id": 65, "duration": 28.0,
 
 
 def write_lines(tmp_path, lines, name="ann.jsonl"):
-    path = tmp_path / name
-    path.write_text("".join(line + "\n" for line in lines))
-    return str(path)
+  path = tmp_path / name
+  path.write_text("".join(line + "\n" for line in lines))
+  return str(path)
 
 
 def row(**changes):
-    r = dict(GOOD)
-    for k, v in changes.items():
-        if v is _DROP:
-            del r[k]
-        else:
-            r[k] = v
-    return json.dumps(r)
+  r = dict(GOOD)
+  for k, v in changes.items():
+    if v is _DROP:
+      del r[k]
+    else:
+      r[k] = v
+  return json.dumps(r)
 
 
 _DROP = object()
@@ -44,71 +44,71 @@ _DROP = object()
 @pytest.mark.parametrize("name, rows", [("charades_fig_test.jsonl", 3720),
                                         ("didemo_fig_test.jsonl", 4013)])
 def test_real_files_load_and_count_clipping(name, rows):
-    path = os.path.join(VERIFIED, name)
-    # Independent count with plain json.
-    with open(path, encoding="utf-8") as f:
-        raw = [json.loads(line) for line in f if line.strip()]
-    late_end = sum(r["time"][1] > r["duration"] for r in raw)
-    early_start = sum(r["time"][0] < 0 for r in raw)
-    assert len(raw) == rows
+  path = os.path.join(VERIFIED, name)
+  # Independent count with plain json.
+  with open(path, encoding="utf-8") as f:
+    raw = [json.loads(line) for line in f if line.strip()]
+  late_end = sum(r["time"][1] > r["duration"] for r in raw)
+  early_start = sum(r["time"][0] < 0 for r in raw)
+  assert len(raw) == rows
 
-    moments, counts = A.read_verified(path)
-    assert counts["rows"] == len(moments) == rows
-    assert counts["end_clipped_to_duration"] == late_end
-    assert counts.get("start_clipped_to_0", 0) == early_start
-    assert late_end > 0
-    for m, r in zip(moments, raw):
-        assert m.video == r["video"] and m.desc_id == r["desc_id"]
-        assert 0.0 <= m.start < m.end <= m.duration
-        assert m.end == min(float(r["time"][1]), float(r["duration"]))
-        assert m.query == r["fig_desc"].strip()
-        assert m.coarse == r["cog_desc"].strip()
+  moments, counts = A.read_verified(path)
+  assert counts["rows"] == len(moments) == rows
+  assert counts["end_clipped_to_duration"] == late_end
+  assert counts.get("start_clipped_to_0", 0) == early_start
+  assert late_end > 0
+  for m, r in zip(moments, raw):
+    assert m.video == r["video"] and m.desc_id == r["desc_id"]
+    assert 0.0 <= m.start < m.end <= m.duration
+    assert m.end == min(float(r["time"][1]), float(r["duration"]))
+    assert m.query == r["fig_desc"].strip()
+    assert m.coarse == r["cog_desc"].strip()
 
 
 @real_data
 def test_real_first_row():
-    moments, _ = A.read_verified(os.path.join(VERIFIED, "charades_fig_test.jsonl"))
-    m = moments[0]
-    assert (m.video, m.start, m.end, m.duration, m.desc_id) == ("TAQ25", 11.6, 17.7, 28.0, 65)
-    assert m.query.startswith("The person closes the laptop screen")
-    assert m.coarse == "the person closes the laptop screen."
+  moments, _ = A.read_verified(os.path.join(VERIFIED, "charades_fig_test.jsonl"))
+  m = moments[0]
+  assert (m.video, m.start, m.end, m.duration, m.desc_id) == ("TAQ25", 11.6, 17.7, 28.0, 65)
+  assert m.query.startswith("The person closes the laptop screen")
+  assert m.coarse == "the person closes the laptop screen."
 
 
 @real_data
 def test_real_fraction_matches_readme():
-    # README: about 15% (Charades-FIG) and about 4% (DiDeMo-FIG) of ends lie past the video.
-    _, c = A.read_verified(os.path.join(VERIFIED, "charades_fig_test.jsonl"))
-    _, d = A.read_verified(os.path.join(VERIFIED, "didemo_fig_test.jsonl"))
-    assert 0.12 < c["end_clipped_to_duration"] / c["rows"] < 0.18
-    assert 0.02 < d["end_clipped_to_duration"] / d["rows"] < 0.06
+  # README: about 15% (Charades-FIG) and about 4% (DiDeMo-FIG) of ends lie past the video.
+  _, c = A.read_verified(os.path.join(VERIFIED, "charades_fig_test.jsonl"))
+  _, d = A.read_verified(os.path.join(VERIFIED, "didemo_fig_test.jsonl"))
+  assert 0.12 < c["end_clipped_to_duration"] / c["rows"] < 0.18
+  assert 0.02 < d["end_clipped_to_duration"] / d["rows"] < 0.06
 
 
 # ----------------------------------------------------------------------------- good small files
 
 
 def test_good_rows_and_blank_lines(tmp_path):
-    path = write_lines(tmp_path, [row(), "", "   ", row(desc_id=66, video="B", time=[0, 3],
-                                                       fig_desc="  padded  ")])
-    moments, counts = A.read_verified(path)
-    assert [m.desc_id for m in moments] == [65, 66]
-    assert moments[1] == A.Moment(66, "B", 0.0, 3.0, 28.0, "padded",
-                                  "the person closes the laptop.")
-    assert dict(counts) == {"rows": 2}
+  path = write_lines(tmp_path, [row(), "", "   ", row(desc_id=66, video="B", time=[0, 3],
+                                                     fig_desc="  padded  ")])
+  moments, counts = A.read_verified(path)
+  assert [m.desc_id for m in moments] == [65, 66]
+  assert moments[1] == A.Moment(66, "B", 0.0, 3.0, 28.0, "padded",
+                                "the person closes the laptop.")
+  assert dict(counts) == {"rows": 2}
 
 
 def test_missing_cog_desc_is_empty(tmp_path):
-    moments, _ = A.read_verified(write_lines(tmp_path, [row(cog_desc=_DROP)]))
-    assert moments[0].coarse == ""
+  moments, _ = A.read_verified(write_lines(tmp_path, [row(cog_desc=_DROP)]))
+  assert moments[0].coarse == ""
 
 
 def test_start_below_zero_is_clipped_and_counted(tmp_path):
-    path = write_lines(tmp_path, [row(time=[-1.5, 3.0]), row(desc_id=2, time=[-0.1, 40.0]),
-                                  row(desc_id=3, time=[1, 28.5])])
-    moments, counts = A.read_verified(path)
-    assert [(m.start, m.end) for m in moments] == [(0.0, 3.0), (0.0, 28.0), (1.0, 28.0)]
-    assert counts["start_clipped_to_0"] == 2
-    assert counts["end_clipped_to_duration"] == 2
-    assert counts["rows"] == 3
+  path = write_lines(tmp_path, [row(time=[-1.5, 3.0]), row(desc_id=2, time=[-0.1, 40.0]),
+                                row(desc_id=3, time=[1, 28.5])])
+  moments, counts = A.read_verified(path)
+  assert [(m.start, m.end) for m in moments] == [(0.0, 3.0), (0.0, 28.0), (1.0, 28.0)]
+  assert counts["start_clipped_to_0"] == 2
+  assert counts["end_clipped_to_duration"] == 2
+  assert counts["rows"] == 3
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -140,39 +140,39 @@ def test_start_below_zero_is_clipped_and_counted(tmp_path):
     ("[1, 2]", "expected a JSON object"),
 ])
 def test_bad_row_names_file_and_line(tmp_path, bad, needle):
-    path = write_lines(tmp_path, [row(desc_id=1), "", bad])
-    with pytest.raises(AnnotationError) as e:
-        A.read_verified(path)
-    msg = str(e.value)
-    assert msg.startswith(f"{path}:3: "), msg        # the blank line 2 still counts
-    assert needle in msg
+  path = write_lines(tmp_path, [row(desc_id=1), "", bad])
+  with pytest.raises(AnnotationError) as e:
+    A.read_verified(path)
+  msg = str(e.value)
+  assert msg.startswith(f"{path}:3: "), msg        # the blank line 2 still counts
+  assert needle in msg
 
 
 def test_nan_duration_line_is_really_nan(tmp_path):
-    # Guard for the case above: Python's json decodes NaN (so the loader must catch it).
-    text = row()[:-1].replace('"duration": 28.0', '"duration": NaN') + "}"
-    assert json.loads(text)["duration"] != json.loads(text)["duration"]
+  # Guard for the case above: Python's json decodes NaN (so the loader must catch it).
+  text = row()[:-1].replace('"duration": 28.0', '"duration": NaN') + "}"
+  assert json.loads(text)["duration"] != json.loads(text)["duration"]
 
 
 def test_duplicate_desc_id(tmp_path):
-    path = write_lines(tmp_path, [row(), row(desc_id=7), row(video="other")])
-    with pytest.raises(AnnotationError) as e:
-        A.read_verified(path)
-    assert str(e.value) == f"{path}:3: desc_id 65 already used on line 1"
+  path = write_lines(tmp_path, [row(), row(desc_id=7), row(video="other")])
+  with pytest.raises(AnnotationError) as e:
+    A.read_verified(path)
+  assert str(e.value) == f"{path}:3: desc_id 65 already used on line 1"
 
 
 def test_empty_file(tmp_path):
-    path = write_lines(tmp_path, ["", "  "])
-    with pytest.raises(AnnotationError, match="no annotation rows"):
-        A.read_verified(path)
+  path = write_lines(tmp_path, ["", "  "])
+  with pytest.raises(AnnotationError, match="no annotation rows"):
+    A.read_verified(path)
 
 
 def test_parse_row_directly():
-    import collections
-    counts = collections.Counter()
-    m = A.parse_row({"video": "v", "time": [2, 9], "desc_id": 0, "duration": 8,
-                     "fig_desc": "q"}, "here", counts)
-    assert (m.start, m.end, m.duration) == (2.0, 8.0, 8.0)
-    assert counts == {"end_clipped_to_duration": 1}
-    with pytest.raises(AnnotationError, match="^there: "):
-        A.parse_row({"video": "v"}, "there", counts)
+  import collections
+  counts = collections.Counter()
+  m = A.parse_row({"video": "v", "time": [2, 9], "desc_id": 0, "duration": 8,
+                   "fig_desc": "q"}, "here", counts)
+  assert (m.start, m.end, m.duration) == (2.0, 8.0, 8.0)
+  assert counts == {"end_clipped_to_duration": 1}
+  with pytest.raises(AnnotationError, match="^there: "):
+    A.parse_row({"video": "v"}, "there", counts)

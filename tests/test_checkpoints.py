@@ -22,118 +22,118 @@ DESCRIPTION = {"stage": "engine", "fields": {"seed": 0, "engine.embed_dim": 32}}
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    wd = str(tmp_path_factory.mktemp("ckpt"))
-    ck = checkpoints.Checkpoints(wd, "engine", max_to_keep=2)
-    assert ck.latest_step() is None
-    ck.save(5, STATE, DESCRIPTION, extra={"pool": np.arange(4, dtype=np.int64)})
-    ck.wait()         # saves are asynchronous: the files land in the background
-    yield wd, ck
-    ck.close()
-    gc.collect()      # collect Orbax's abandoned read coroutines here, under this module's filter
+  wd = str(tmp_path_factory.mktemp("ckpt"))
+  ck = checkpoints.Checkpoints(wd, "engine", max_to_keep=2)
+  assert ck.latest_step() is None
+  ck.save(5, STATE, DESCRIPTION, extra={"pool": np.arange(4, dtype=np.int64)})
+  ck.wait()         # saves are asynchronous: the files land in the background
+  yield wd, ck
+  ck.close()
+  gc.collect()      # collect Orbax's abandoned read coroutines here, under this module's filter
 
 
 def test_checkpoint_round_trip(saved):
-    wd, ck = saved
-    assert ck.latest_step() == 5
-    assert os.path.isdir(os.path.join(wd, "checkpoints", "engine", "5"))
-    assert ck.description(5) == DESCRIPTION
-    abstract = jax.tree.map(jnp.zeros_like, STATE)
-    state = ck.restore(5, abstract, DESCRIPTION)
-    assert jax.tree.structure(state) == jax.tree.structure(STATE)
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(STATE)):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(ck.restore_extra(5)["pool"], np.arange(4))
+  wd, ck = saved
+  assert ck.latest_step() == 5
+  assert os.path.isdir(os.path.join(wd, "checkpoints", "engine", "5"))
+  assert ck.description(5) == DESCRIPTION
+  abstract = jax.tree.map(jnp.zeros_like, STATE)
+  state = ck.restore(5, abstract, DESCRIPTION)
+  assert jax.tree.structure(state) == jax.tree.structure(STATE)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(STATE)):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(ck.restore_extra(5)["pool"], np.arange(4))
 
 
 def test_checkpoint_survives_a_new_manager(saved):
-    wd, _ = saved
-    ck = checkpoints.Checkpoints(wd, "engine")
-    try:
-        assert ck.latest_step() == 5
-        state = ck.restore(5, STATE, DESCRIPTION)
-        np.testing.assert_array_equal(state["params"]["w"], STATE["params"]["w"])
-    finally:
-        ck.close()
+  wd, _ = saved
+  ck = checkpoints.Checkpoints(wd, "engine")
+  try:
+    assert ck.latest_step() == 5
+    state = ck.restore(5, STATE, DESCRIPTION)
+    np.testing.assert_array_equal(state["params"]["w"], STATE["params"]["w"])
+  finally:
+    ck.close()
 
 
 def test_restore_with_a_different_description(saved):
-    _, ck = saved
-    other = {"stage": "engine", "fields": {"seed": 1, "engine.embed_dim": 64}}
-    with pytest.raises(WorkdirError) as e:
-        ck.restore(5, STATE, other)
-    assert "seed: checkpoint 0, this run 1; engine.embed_dim: checkpoint 32, this run 64" in str(
-        e.value)
+  _, ck = saved
+  other = {"stage": "engine", "fields": {"seed": 1, "engine.embed_dim": 64}}
+  with pytest.raises(WorkdirError) as e:
+    ck.restore(5, STATE, other)
+  assert "seed: checkpoint 0, this run 1; engine.embed_dim: checkpoint 32, this run 64" in str(
+      e.value)
 
 
 def test_restore_into_a_different_shape(saved):
-    _, ck = saved
-    bigger = {"params": {"w": jnp.zeros((3, 3)), "b": STATE["params"]["b"]},
-              "step": STATE["step"]}
-    with pytest.raises(WorkdirError, match="does not fit this run's engine state: its parameters have "
-                       "another structure"):
-        ck.restore(5, bigger, DESCRIPTION)
-    missing = {"params": {"w": STATE["params"]["w"]}, "step": STATE["step"]}
-    with pytest.raises(WorkdirError, match="does not fit this run's engine state: its parameters have "
-                       "another structure"):
-        ck.restore(5, missing, DESCRIPTION)
+  _, ck = saved
+  bigger = {"params": {"w": jnp.zeros((3, 3)), "b": STATE["params"]["b"]},
+            "step": STATE["step"]}
+  with pytest.raises(WorkdirError, match="does not fit this run's engine state: its parameters have "
+                     "another structure"):
+    ck.restore(5, bigger, DESCRIPTION)
+  missing = {"params": {"w": STATE["params"]["w"]}, "step": STATE["step"]}
+  with pytest.raises(WorkdirError, match="does not fit this run's engine state: its parameters have "
+                     "another structure"):
+    ck.restore(5, missing, DESCRIPTION)
 
 
 def test_missing_step_is_a_workdir_error(saved):
-    _, ck = saved
-    with pytest.raises(WorkdirError, match="unreadable or incomplete"):
-        ck.description(99)
-    assert ck.restore_extra(99) == {}
+  _, ck = saved
+  with pytest.raises(WorkdirError, match="unreadable or incomplete"):
+    ck.description(99)
+  assert ck.restore_extra(99) == {}
 
 
 
 
 def test_a_field_the_writer_did_not_have_takes_its_default(saved):
-    """A checkpoint written before a meaning-changing field existed: the field's default is
-    what it meant; a run that keeps the default restores it, another value is refused."""
-    _, ck = saved
-    base = defaults.base_config()
-    new = {"stage": "engine", "fields": dict(DESCRIPTION["fields"], **{
-        "agent.latent_eps": base.agent.latent_eps})}
+  """A checkpoint written before a meaning-changing field existed: the field's default is
+  what it meant; a run that keeps the default restores it, another value is refused."""
+  _, ck = saved
+  base = defaults.base_config()
+  new = {"stage": "engine", "fields": dict(DESCRIPTION["fields"], **{
+      "agent.latent_eps": base.agent.latent_eps})}
+  ck.restore(5, STATE, new)
+  new["fields"]["agent.latent_eps"] = 1e-6
+  with pytest.raises(WorkdirError, match=r"agent.latent_eps: checkpoint 1.0, this run 1e-06"):
     ck.restore(5, STATE, new)
-    new["fields"]["agent.latent_eps"] = 1e-6
-    with pytest.raises(WorkdirError, match=r"agent.latent_eps: checkpoint 1.0, this run 1e-06"):
-        ck.restore(5, STATE, new)
 
 
 def test_describe_reads_the_meaning_fields():
-    config = defaults.base_config()
-    d = checkpoints.describe(config, "sft", ("agent.refine", "data.synthetic.coarse_values"),
-                             key="k")
-    assert d == {"stage": "sft", "key": "k", "fields": {"agent.refine": "sqr",
-                 "data.synthetic.coarse_values": list(config.data.synthetic.coarse_values)}}
+  config = defaults.base_config()
+  d = checkpoints.describe(config, "sft", ("agent.refine", "data.synthetic.coarse_values"),
+                           key="k")
+  assert d == {"stage": "sft", "key": "k", "fields": {"agent.refine": "sqr",
+               "data.synthetic.coarse_values": list(config.data.synthetic.coarse_values)}}
 
 
 def test_legacy_descriptions_are_read_by_field():
-    """Descriptions written before `fields` (whole config sections) still decide by field."""
-    engine = {"engine": {"text": {"kind": "scratch"}}, "seed": 0, "max_query_len": 24,
-              "feature_dim": 256, "vocab_size": 90}
-    agent = {"agent": {"latent_eps": 1.0, "sqr_head": "parallel"}, "refine": "sqr",
-             "engine": engine, "sft": {"steps": 450}}
-    now = {"fields": {"engine.text.kind": "scratch", "agent.refine": "sqr",
-                      "agent.latent_eps": 1.0}}
-    assert checkpoints.incompatible(agent, now, defaults.base_config()) == []
-    now["fields"]["agent.latent_eps"] = 0.5
-    assert checkpoints.incompatible(agent, now, defaults.base_config()) == [
-        "agent.latent_eps: checkpoint 1.0, this run 0.5"]
-    assert checkpoints.incompatible(engine, {"fields": {"engine.text.kind": "minilm"}},
-                                    defaults.base_config()) == [
-        "engine.text.kind: checkpoint 'scratch', this run 'minilm'"]
+  """Descriptions written before `fields` (whole config sections) still decide by field."""
+  engine = {"engine": {"text": {"kind": "scratch"}}, "seed": 0, "max_query_len": 24,
+            "feature_dim": 256, "vocab_size": 90}
+  agent = {"agent": {"latent_eps": 1.0, "sqr_head": "parallel"}, "refine": "sqr",
+           "engine": engine, "sft": {"steps": 450}}
+  now = {"fields": {"engine.text.kind": "scratch", "agent.refine": "sqr",
+                    "agent.latent_eps": 1.0}}
+  assert checkpoints.incompatible(agent, now, defaults.base_config()) == []
+  now["fields"]["agent.latent_eps"] = 0.5
+  assert checkpoints.incompatible(agent, now, defaults.base_config()) == [
+      "agent.latent_eps: checkpoint 1.0, this run 0.5"]
+  assert checkpoints.incompatible(engine, {"fields": {"engine.text.kind": "minilm"}},
+                                  defaults.base_config()) == [
+      "engine.text.kind: checkpoint 'scratch', this run 'minilm'"]
 
 
 def test_legacy_descriptions_take_missing_fields_from_the_run():
-    """Descriptions before `fields` stored no data.* fields: a real-benchmark run's own config
-    (its config.json), not today's defaults, says what they were."""
-    engine = {"engine": {"text": {"kind": "scratch"}}, "seed": 0, "max_query_len": 32,
-              "feature_dim": 256, "vocab_size": 90}
-    run = defaults.base_config()
-    with run.unlocked():
-        run.data.source, run.data.tfds.name, run.data.fps = "tfds", "tvr/default", 0.5
-    now = {"fields": {"data.source": "tfds", "data.tfds.name": "tvr/default", "data.fps": 0.5}}
-    assert checkpoints.incompatible(engine, now, run) == []
-    assert len(checkpoints.incompatible(engine, now, defaults.base_config())) == 3
+  """Descriptions before `fields` stored no data.* fields: a real-benchmark run's own config
+  (its config.json), not today's defaults, says what they were."""
+  engine = {"engine": {"text": {"kind": "scratch"}}, "seed": 0, "max_query_len": 32,
+            "feature_dim": 256, "vocab_size": 90}
+  run = defaults.base_config()
+  with run.unlocked():
+    run.data.source, run.data.tfds.name, run.data.fps = "tfds", "tvr/default", 0.5
+  now = {"fields": {"data.source": "tfds", "data.tfds.name": "tvr/default", "data.fps": 0.5}}
+  assert checkpoints.incompatible(engine, now, run) == []
+  assert len(checkpoints.incompatible(engine, now, defaults.base_config())) == 3

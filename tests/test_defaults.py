@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from vsr_jax import config_lib, defaults
+from vsr_jax import config_lib, defaults, hosts
 from vsr_jax.config_lib import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,11 +13,11 @@ PRESETS = ("default", "smoke", "fine_engine", "joint_engine")
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_presets_validate(preset):
-    defaults.validate(config_lib.load(f"{SYNTHETIC}:{preset}"))
+  defaults.validate(config_lib.load(f"{SYNTHETIC}:{preset}"))
 
 
 def test_base_config_validates():
-    defaults.validate(defaults.base_config())
+  defaults.validate(defaults.base_config())
 
 
 @pytest.mark.parametrize("overrides, field", [
@@ -37,7 +37,10 @@ def test_base_config_validates():
     ({"engine.train.temperature": "0"}, "engine.train.temperature"),
     ({"engine.train.hard_negatives": "5"}, "engine.train.hard_negatives"),  # > mine_top_k (4)
     ({"eval.grounding": "oracle"}, "eval.grounding"),
+    ({"eval.frame_store": "disk"}, "eval.frame_store"),
     ({"mesh.data": "0"}, "mesh.data"),
+    ({"mesh.init_timeout_s": "0"}, "mesh.init_timeout_s"),
+    ({"mesh.heartbeat_timeout_s": "0"}, "mesh.heartbeat_timeout_s"),
     ({"data.fps": "0"}, "data.fps"),
     ({"agent.num_latents": "65"}, "agent.num_latents"),
     ({"agent.num_latents": "-1"}, "agent.num_latents"),
@@ -70,49 +73,57 @@ def test_base_config_validates():
     ({"log.profile_steps": "-1:3"}, "log.profile_steps"),
 ])
 def test_bad_values_name_the_field(overrides, field):
-    config = config_lib.load(SYNTHETIC + ":smoke", overrides)
-    with pytest.raises(ConfigError) as e:
-        defaults.validate(config)
-    assert str(e.value).startswith(f"config.{field}="), str(e.value)
+  config = config_lib.load(SYNTHETIC + ":smoke", overrides)
+  with pytest.raises(ConfigError) as e:
+    defaults.validate(config)
+  assert str(e.value).startswith(f"config.{field}="), str(e.value)
 
 
 def test_message_shows_the_value():
-    config = config_lib.load(SYNTHETIC + ":smoke", {"index.backend": "faiss"})
-    with pytest.raises(ConfigError, match=r"config\.index\.backend='faiss': no index backend of "
-                       r"that name; known: exact, scann"):
-        defaults.validate(config)
+  config = config_lib.load(SYNTHETIC + ":smoke", {"index.backend": "faiss"})
+  with pytest.raises(ConfigError, match=r"config\.index\.backend='faiss': no index backend of "
+                     r"that name; known: exact, scann"):
+    defaults.validate(config)
 
 
 def test_files_source_with_dir_validates():
-    defaults.validate(config_lib.load(SYNTHETIC + ":smoke", {
-        "data.source": "files", "data.dir": "/x", "engine.train.source": "train"}))
+  defaults.validate(config_lib.load(SYNTHETIC + ":smoke", {
+      "data.source": "files", "data.dir": "/x", "engine.train.source": "train"}))
 
 
 def test_files_source_cannot_stream():
-    with pytest.raises(ConfigError, match="engine.train.source"):
-        defaults.validate(config_lib.load(SYNTHETIC + ":smoke", {
-            "data.source": "files", "data.dir": "/x"}))
+  with pytest.raises(ConfigError, match="engine.train.source"):
+    defaults.validate(config_lib.load(SYNTHETIC + ":smoke", {
+        "data.source": "files", "data.dir": "/x"}))
+
+
+def test_a_host_frame_store_is_for_one_process(monkeypatch):
+  config = config_lib.load(SYNTHETIC + ":smoke", {"eval.frame_store": "host"})
+  defaults.validate(config)
+  monkeypatch.setattr(hosts, "joined", lambda: 2)
+  with pytest.raises(ConfigError, match="eval.frame_store='host'.*multi-process"):
+    defaults.validate(config)
 
 
 def test_mesh_all_devices_validates():
-    defaults.validate(config_lib.load(SYNTHETIC + ":smoke", {"mesh.data": "-1"}))
+  defaults.validate(config_lib.load(SYNTHETIC + ":smoke", {"mesh.data": "-1"}))
 
 
 def test_zero_heads_is_a_config_error():
-    config = config_lib.load(SYNTHETIC + ":smoke", {"engine.text.heads": "0"})
-    with pytest.raises(ConfigError, match="engine.text.heads"):
-        defaults.validate(config)
+  config = config_lib.load(SYNTHETIC + ":smoke", {"engine.text.heads": "0"})
+  with pytest.raises(ConfigError, match="engine.text.heads"):
+    defaults.validate(config)
 
 
 def test_zero_chunk_videos_is_a_config_error():
-    config = config_lib.load(SYNTHETIC + ":smoke", {"data.synthetic.chunk_videos": "0"})
-    with pytest.raises(ConfigError, match="data.synthetic.chunk_videos"):
-        defaults.validate(config)
+  config = config_lib.load(SYNTHETIC + ":smoke", {"data.synthetic.chunk_videos": "0"})
+  with pytest.raises(ConfigError, match="data.synthetic.chunk_videos"):
+    defaults.validate(config)
 
 
 @pytest.mark.parametrize("field, value", [("data.synthetic.coarse_values", "(1, 16, 16)"),
                                           ("data.synthetic.fine_values", "(8, 8)")])
 def test_value_counts_are_validated(field, value):
-    config = config_lib.load(SYNTHETIC + ":smoke", {field: value})
-    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        defaults.validate(config)
+  config = config_lib.load(SYNTHETIC + ":smoke", {field: value})
+  with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    defaults.validate(config)

@@ -56,3 +56,14 @@ def test_hlo_costs_counts_every_trip_of_a_loop():
   assert costs["flops_once"] == pytest.approx(matmuls, rel=0.05)
   # XLA's own count has the body once.
   assert step.cost_flops(compiled) == pytest.approx(costs["flops_once"], rel=0.05)
+
+
+def test_write_frames_in_chunks_is_one_memory_mapped_array(tmp_path):
+  import numpy as np   # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "f.npy")
+  got = scale.write_frames(path, 10, 3, 2, np.float16, np.random.default_rng(0), chunk=4)
+  assert isinstance(got, np.memmap) and got.shape == (10, 3, 2) and got.dtype == np.float16
+  rng = np.random.default_rng(0)
+  want = np.concatenate([rng.standard_normal((n, 3, 2), dtype=np.float32) for n in (4, 4, 2)])
+  np.testing.assert_array_equal(got, want.astype(np.float16))
+  assert os.path.getsize(path) == 128 + 10 * 3 * 2 * 2        # header + the rows, no more

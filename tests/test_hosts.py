@@ -4,7 +4,6 @@ clear error within a timeout, never a hang. (The smoke pipeline on 2 processes x
 against 1 x 8 and 1 device: tests/test_sharding.py.)"""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +13,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from procs import free_port
 from vsr_jax import hosts
 from vsr_jax.config_lib import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "synthetic.py") + ":smoke"
 MESH = ml_collections.ConfigDict({"init_timeout_s": 30, "heartbeat_timeout_s": 5})
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -42,9 +36,6 @@ def test_one_process_needs_nothing():
   assert hosts.initialize(MESH) == 1 and not jax.distributed.is_initialized()
   assert hosts.initialize(MESH, "127.0.0.1:1", 1, 0) == 1 and hosts.is_primary()
   assert hosts.primary_first(lambda: 7, "x") == 7 and hosts.on_primary(lambda: 8, "y") == 8
-  bad = ml_collections.ConfigDict({"init_timeout_s": 0, "heartbeat_timeout_s": 5})
-  with pytest.raises(ConfigError, match="mesh.init_timeout_s=0"):
-    hosts.initialize(bad, "127.0.0.1:1", 2, 0)
 
 
 def test_put_rows_and_fetch_on_one_process():

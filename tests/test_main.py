@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,6 +39,16 @@ def test_invalid_value_named(tmp_path):
   code, err = cli("--config=configs/synthetic.py:smoke", "--config.engine.train.fine_keep=2.0",
                   f"--workdir={tmp_path}")
   assert code != 0 and "config.engine.train.fine_keep=2.0: expected in [0, 1]" in err
+
+
+def test_a_bad_config_is_refused_before_joining_the_other_processes(tmp_path):
+  """No process 1 exists and the timeout is 0: without the check first this would wait to
+  join (or fail inside jax) instead of naming the field."""
+  code, err = cli("--config=configs/synthetic.py:smoke", "--config.mesh.init_timeout_s=0",
+                  "--coordinator=127.0.0.1:1", "--num_processes=2", "--process_id=0",
+                  f"--workdir={tmp_path}")
+  assert code != 0 and "config.mesh.init_timeout_s=0: expected >= 1 (seconds)" in err
+  assert "Traceback" not in err and not os.listdir(tmp_path)
 
 
 def test_missing_config_file(tmp_path):

@@ -5,7 +5,6 @@ and metrics of 1, and so do two processes of 4 devices each)."""
 import glob
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -17,8 +16,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from tensorboardX.proto import event_pb2
 
+from procs import free_port
 from vsr_jax import config_lib, sharding
 from vsr_jax.config_lib import ConfigError
+from vsr_jax.workdir import read_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "synthetic.py") + ":smoke"
@@ -132,12 +133,6 @@ print("RESULT" + json.dumps({
 """
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def run_mesh(out, devices, data, corpus, processes=1):
   """The smoke pipeline on `processes` processes of `devices` CPU devices each; the RESULT
   line of each process, in process order."""
@@ -161,45 +156,34 @@ def run_mesh(out, devices, data, corpus, processes=1):
 
 def test_a_run_split_over_devices_and_processes_matches_one_device(tmp_path):
   """Stage 0, SFT, GRPO (its train corpus split over 'corpus') and the evaluation episode on
-  8 simulated devices as data 2 x corpus 4 -- in one process, and in two processes of 4
-  devices each (multi-host: gloo collectives, process 0 writing) -- give the losses (every
-  logged scalar) and metrics of 1 device, and each device holds a quarter of the frame store.
+  8 simulated devices as data 2 x corpus 4, in two processes of 4 devices each (multi-host:
+  gloo collectives, process 0 writing), give the losses (every logged scalar) and metrics of
+  1 device, and each device holds a quarter of the frame store.
   """
   out = str(tmp_path)
-  [split] = run_mesh(out, 8, 2, 4)
   hosts2 = run_mesh(out, 4, 2, 4, processes=2)
   # Last: by then tests/test_train.py's smoke run (started at the same time on the other
   # xdist worker) has put these one-device programs in the session's compilation cache.
   [one] = run_mesh(out, 1, 1, 1)
   assert one["shard_rows"] == [one["videos"]]
-  v = split["videos"]
-  quarter = -(-v // 4)
-  assert split["devices"] == 8 and split["padded"] == 4 * quarter
-  assert split["shard_rows"] == [quarter] * 8          # 4 shards, each on 2 data replicas
-  assert split["num_frames_rows"] == [quarter] * 8
-  for r in hosts2:                                      # each process holds its 4 devices'
+  quarter = -(-one["videos"] // 4)
+  for r in hosts2:     # each process holds its 4 devices' shards: 4 corpus shards over 2 data
     assert r["processes"] == 2 and r["devices"] == 8 and r["padded"] == 4 * quarter
     assert r["shard_rows"] == [quarter] * 4 and r["num_frames_rows"] == [quarter] * 4
-  assert all(r["take_equal"] for r in [one, split] + hosts2)
+  assert all(r["take_equal"] for r in [one] + hosts2)
   # Only process 0 wrote the shared outputs; the other wrote none of its own.
   assert os.listdir(f"{out}/mesh2x4p2/tb") and not glob.glob(f"{out}/mesh2x4p2/.staging*")
   a = read_scalars(f"{out}/mesh1x1p1")
   assert any(k.startswith("grpo/loss") for k in a) and any(k.startswith("sft/") for k in a)
   m1 = read_json(f"{out}/mesh1x1p1/metrics.json")
   assert set(m1) == {"engine_single_shot", "agent_sqr_stage1", "agent_sqr_stage2"}
-  for name in ("mesh2x4p1", "mesh2x4p2"):
-    b = read_scalars(f"{out}/{name}")
-    assert a.keys() == b.keys(), name
-    for key in a:
-      np.testing.assert_allclose(b[key], a[key], rtol=2e-3, atol=2e-4, err_msg=f"{name} {key}")
-    m8 = read_json(f"{out}/{name}/metrics.json")
-    for row in m1:
-      for metric, value in m1[row].items():
-        if metric != "per_turn":
-          np.testing.assert_allclose(m8[row][metric], value, rtol=1e-4, atol=1e-6,
-                                     err_msg=f"{name} {row}/{metric}")
-
-
-def read_json(path):
-  with open(path) as f:
-    return json.load(f)
+  b = read_scalars(f"{out}/mesh2x4p2")
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_allclose(b[key], a[key], rtol=2e-3, atol=2e-4, err_msg=key)
+  m8 = read_json(f"{out}/mesh2x4p2/metrics.json")
+  for row in m1:
+    for metric, value in m1[row].items():
+      if metric != "per_turn":
+        np.testing.assert_allclose(m8[row][metric], value, rtol=1e-4, atol=1e-6,
+                                   err_msg=f"{row}/{metric}")

@@ -34,3 +34,23 @@ def test_files_source_without_its_directory_names_it(tmp_path):
                                    "engine.train.source": "train"})
   with pytest.raises(store.DatasetError, match=r"data.dir='.*none': no such directory"):
     sources.load_data(config, str(tmp_path))
+
+
+def test_prepare_makes_the_data_once_and_load_only_reads_it(tmp_path):
+  """prepare_data generates the synthetic benchmark (what a multi-host run's process 0 does
+  alone); a second prepare and the files source find it made, and the files source has
+  nothing to prepare."""
+  config = config_lib.load(SMOKE)
+  where = tmp_path / "data"
+  sources.prepare_data(config, str(tmp_path))
+  made = sorted(os.listdir(where / "features"))
+  assert made and os.path.isfile(where / "meta.json")
+  stamp = os.path.getmtime(where / "meta.json")
+  sources.prepare_data(config, str(tmp_path))
+  assert os.path.getmtime(where / "meta.json") == stamp
+  files = config_lib.load(SMOKE, {"data.source": "files", "data.dir": str(where),
+                                  "engine.train.source": "train"})
+  assert registry.DATASETS.get("files").prepare is None
+  sources.prepare_data(files, "/unused")                      # nothing to make
+  _, splits = sources.load_data(files, "/unused", splits=("test",))
+  assert splits["test"].num_videos > 0

@@ -305,11 +305,14 @@ def cli(*args):
 
 
 def test_eval_name_reproduces_the_run_and_leaves_it_untouched(run):
-  """--mode=eval from the run's own config.json (no config file), into evals/NAME: the same
-  metrics.json, bit for bit, and not one byte of the run's own files changes."""
+  """--mode=eval from the run's own config.json (no config file), into evals/NAME, with the
+  episodes' frames left on the host (eval.frame_store=host: read per retrieved video through
+  a callback): the same metrics.json, bit for bit, and not one byte of the run's own files
+  changes. (test_eval_mode_reproduces_metrics: the same without any override.)"""
   workdir, _ = run
   before = files_digest(workdir)
-  code, _, err = cli(f"--workdir={workdir}", "--mode=eval", "--eval_name=again")
+  code, _, err = cli(f"--workdir={workdir}", "--mode=eval", "--eval_name=again",
+                     "--config.eval.frame_store=host")
   assert code == 0, err[-2000:]
   with open(os.path.join(workdir, "metrics.json"), "rb") as a, \
        open(os.path.join(workdir, "evals", "again", "metrics.json"), "rb") as b:

@@ -11,177 +11,177 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "synthetic.py") + ":smoke"
 
 def smoke(**overrides):
-    return config_lib.load(SMOKE, {k: str(v) for k, v in overrides.items()})
+  return config_lib.load(SMOKE, {k: str(v) for k, v in overrides.items()})
 
 
 # ----------------------------------------------------------------------------- prepare
 
 
 def test_prepare_writes_config_json(tmp_path):
-    wd = str(tmp_path / "run")
-    config = smoke()
-    workdir.prepare(config, wd, mode="train")
-    with open(os.path.join(wd, "config.json")) as f:
-        assert json.load(f) == config_lib.to_dict(config)
-    assert os.listdir(wd) == ["config.json"]               # no temporary file left
-    workdir.prepare(smoke(), wd, mode="train")            # same config: fine
-    workdir.prepare(smoke(), wd, mode="eval")
+  wd = str(tmp_path / "run")
+  config = smoke()
+  workdir.prepare(config, wd, mode="train")
+  with open(os.path.join(wd, "config.json")) as f:
+    assert json.load(f) == config_lib.to_dict(config)
+  assert os.listdir(wd) == ["config.json"]               # no temporary file left
+  workdir.prepare(smoke(), wd, mode="train")            # same config: fine
+  workdir.prepare(smoke(), wd, mode="eval")
 
 
 @pytest.mark.parametrize("field, value", [("seed", 1), ("data.synthetic.noise", 0.1),
                                           ("engine.train.fine_keep", 0.9)])
 def test_prepare_rejects_a_different_config(tmp_path, field, value):
-    wd = str(tmp_path)
-    workdir.prepare(smoke(), wd, mode="train")
-    for mode in ("train", "eval"):
-        with pytest.raises(WorkdirError) as e:
-            workdir.prepare(smoke(**{field: value}), wd, mode=mode)
-        assert f": {field} differ from {os.path.join(wd, 'config.json')}" in str(e.value)
+  wd = str(tmp_path)
+  workdir.prepare(smoke(), wd, mode="train")
+  for mode in ("train", "eval"):
+    with pytest.raises(WorkdirError) as e:
+      workdir.prepare(smoke(**{field: value}), wd, mode=mode)
+    assert f": {field} differ from {os.path.join(wd, 'config.json')}" in str(e.value)
 
 
 def test_prepare_names_only_the_fixed_fields(tmp_path):
-    workdir.prepare(smoke(), str(tmp_path), mode="train")
-    with pytest.raises(WorkdirError) as e:
-        workdir.prepare(smoke(**{"seed": 2, "eval.batch_size": 8}), str(tmp_path), mode="train")
-    assert ": seed differ" in str(e.value)
-    assert "eval.batch_size" not in str(e.value)
+  workdir.prepare(smoke(), str(tmp_path), mode="train")
+  with pytest.raises(WorkdirError) as e:
+    workdir.prepare(smoke(**{"seed": 2, "eval.batch_size": 8}), str(tmp_path), mode="train")
+  assert ": seed differ" in str(e.value)
+  assert "eval.batch_size" not in str(e.value)
 
 
 def test_prepare_allows_mutable_sections(tmp_path):
-    wd = str(tmp_path)
-    config = smoke()
-    workdir.prepare(config, wd, mode="train")
-    changed = smoke(**{"eval.batch_size": 8, "index.backend": "scann", "log.every_steps": 3,
-                       "mesh.data": 2, "checkpoint.max_to_keep": 5})
-    workdir.prepare(changed, wd, mode="eval")
-    workdir.prepare(changed, wd, mode="train")
-    with open(os.path.join(wd, "config.json")) as f:     # the original stays the reference
-        assert json.load(f) == config_lib.to_dict(config)
+  wd = str(tmp_path)
+  config = smoke()
+  workdir.prepare(config, wd, mode="train")
+  changed = smoke(**{"eval.batch_size": 8, "index.backend": "scann", "log.every_steps": 3,
+                     "mesh.data": 2, "checkpoint.max_to_keep": 5})
+  workdir.prepare(changed, wd, mode="eval")
+  workdir.prepare(changed, wd, mode="train")
+  with open(os.path.join(wd, "config.json")) as f:     # the original stays the reference
+    assert json.load(f) == config_lib.to_dict(config)
 
 
 def test_prepare_eval_without_config(tmp_path):
-    with pytest.raises(WorkdirError, match="has no config.json"):
-        workdir.prepare(smoke(), str(tmp_path / "never_trained"), mode="eval")
+  with pytest.raises(WorkdirError, match="has no config.json"):
+    workdir.prepare(smoke(), str(tmp_path / "never_trained"), mode="eval")
 
 
 def test_prepare_corrupt_config_json(tmp_path):
-    path = tmp_path / "config.json"
-    path.write_text('{"seed": 0, "data": {')
-    with pytest.raises(WorkdirError) as e:
-        workdir.prepare(smoke(), str(tmp_path), mode="train")
-    assert str(path) in str(e.value) and "corrupt JSON" in str(e.value)
+  path = tmp_path / "config.json"
+  path.write_text('{"seed": 0, "data": {')
+  with pytest.raises(WorkdirError) as e:
+    workdir.prepare(smoke(), str(tmp_path), mode="train")
+  assert str(path) in str(e.value) and "corrupt JSON" in str(e.value)
 
 
 # ----------------------------------------------------------------------------- publish
 
 
 def make_staging(wd):
-    staging = workdir.staging_dir(wd)
-    with open(os.path.join(staging, "metrics.json"), "w") as f:
-        json.dump({"r1": 0.5}, f)
-    with open(os.path.join(staging, "tvr_submission.json"), "w") as f:
-        f.write("new")
-    os.makedirs(os.path.join(staging, "predictions"))
-    with open(os.path.join(staging, "predictions", "row.jsonl"), "w") as f:
-        f.write("new")
-    return staging
+  staging = workdir.staging_dir(wd)
+  with open(os.path.join(staging, "metrics.json"), "w") as f:
+    json.dump({"r1": 0.5}, f)
+  with open(os.path.join(staging, "tvr_submission.json"), "w") as f:
+    f.write("new")
+  os.makedirs(os.path.join(staging, "predictions"))
+  with open(os.path.join(staging, "predictions", "row.jsonl"), "w") as f:
+    f.write("new")
+  return staging
 
 
 def old_outputs(wd):
-    with open(os.path.join(wd, "metrics.json"), "w") as f:
-        json.dump({"r1": 0.1}, f)
-    with open(os.path.join(wd, "tvr_submission.json"), "w") as f:
-        f.write("old")
-    os.makedirs(os.path.join(wd, "predictions"))
-    with open(os.path.join(wd, "predictions", "stale.jsonl"), "w") as f:
-        f.write("old")
+  with open(os.path.join(wd, "metrics.json"), "w") as f:
+    json.dump({"r1": 0.1}, f)
+  with open(os.path.join(wd, "tvr_submission.json"), "w") as f:
+    f.write("old")
+  os.makedirs(os.path.join(wd, "predictions"))
+  with open(os.path.join(wd, "predictions", "stale.jsonl"), "w") as f:
+    f.write("old")
 
 
 def test_staging_dir_is_fresh(tmp_path):
-    staging = make_staging(str(tmp_path))
-    assert staging == os.path.join(str(tmp_path), ".staging")
-    assert workdir.staging_dir(str(tmp_path)) == staging
-    assert os.listdir(staging) == []
+  staging = make_staging(str(tmp_path))
+  assert staging == os.path.join(str(tmp_path), ".staging")
+  assert workdir.staging_dir(str(tmp_path)) == staging
+  assert os.listdir(staging) == []
 
 
 def test_publish_moves_outputs_metrics_last(tmp_path, monkeypatch):
-    wd = str(tmp_path)
-    old_outputs(wd)
-    staging = make_staging(wd)
-    events = []
-    real_replace, real_remove = os.replace, os.remove
-    monkeypatch.setattr(os, "replace",
-                        lambda a, b: (events.append(("replace", os.path.basename(b))),
-                                      real_replace(a, b))[1])
-    monkeypatch.setattr(os, "remove",
-                        lambda p: (events.append(("remove", os.path.basename(p))),
-                                   real_remove(p))[1])
-    workdir.publish(wd, staging)
-    assert events[0] == ("remove", "metrics.json")
-    assert events[-1] == ("replace", "metrics.json")
-    assert sorted(events[1:-1]) == [("replace", "predictions"),
-                                    ("replace", "tvr_submission.json")]
-    assert not os.path.exists(staging)
-    with open(os.path.join(wd, "metrics.json")) as f:
-        assert json.load(f) == {"r1": 0.5}
-    assert open(os.path.join(wd, "tvr_submission.json")).read() == "new"
-    assert os.listdir(os.path.join(wd, "predictions")) == ["row.jsonl"]   # old dir replaced
+  wd = str(tmp_path)
+  old_outputs(wd)
+  staging = make_staging(wd)
+  events = []
+  real_replace, real_remove = os.replace, os.remove
+  monkeypatch.setattr(os, "replace",
+                      lambda a, b: (events.append(("replace", os.path.basename(b))),
+                                    real_replace(a, b))[1])
+  monkeypatch.setattr(os, "remove",
+                      lambda p: (events.append(("remove", os.path.basename(p))),
+                                 real_remove(p))[1])
+  workdir.publish(wd, staging)
+  assert events[0] == ("remove", "metrics.json")
+  assert events[-1] == ("replace", "metrics.json")
+  assert sorted(events[1:-1]) == [("replace", "predictions"),
+                                  ("replace", "tvr_submission.json")]
+  assert not os.path.exists(staging)
+  with open(os.path.join(wd, "metrics.json")) as f:
+    assert json.load(f) == {"r1": 0.5}
+  assert open(os.path.join(wd, "tvr_submission.json")).read() == "new"
+  assert os.listdir(os.path.join(wd, "predictions")) == ["row.jsonl"]   # old dir replaced
 
 
 def test_crash_during_publish_leaves_no_metrics(tmp_path, monkeypatch):
-    wd = str(tmp_path)
-    old_outputs(wd)
-    staging = make_staging(wd)
-    real_replace = os.replace
+  wd = str(tmp_path)
+  old_outputs(wd)
+  staging = make_staging(wd)
+  real_replace = os.replace
 
-    def failing_replace(a, b):
-        if os.path.basename(b) == "tvr_submission.json":
-            raise OSError("crash (simulated)")
-        return real_replace(a, b)
+  def failing_replace(a, b):
+    if os.path.basename(b) == "tvr_submission.json":
+      raise OSError("crash (simulated)")
+    return real_replace(a, b)
 
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="simulated"):
-        workdir.publish(wd, staging)
-    # The stale metrics.json is gone: a mix of old and new outputs is never taken as complete.
-    assert not os.path.exists(os.path.join(wd, "metrics.json"))
+  monkeypatch.setattr(os, "replace", failing_replace)
+  with pytest.raises(OSError, match="simulated"):
+    workdir.publish(wd, staging)
+  # The stale metrics.json is gone: a mix of old and new outputs is never taken as complete.
+  assert not os.path.exists(os.path.join(wd, "metrics.json"))
 
 
 def test_publish_into_an_empty_workdir(tmp_path):
-    wd = str(tmp_path)
-    staging = make_staging(wd)
-    workdir.publish(wd, staging)
-    assert sorted(os.listdir(wd)) == ["metrics.json", "predictions", "tvr_submission.json"]
+  wd = str(tmp_path)
+  staging = make_staging(wd)
+  workdir.publish(wd, staging)
+  assert sorted(os.listdir(wd)) == ["metrics.json", "predictions", "tvr_submission.json"]
 
 
 def test_write_json_is_atomic(tmp_path):
-    path = str(tmp_path / "x.json")
-    workdir.write_json(path, {"a": [1, 2]})
-    assert workdir.read_json(path) == {"a": [1, 2]}
-    assert os.listdir(tmp_path) == ["x.json"]
+  path = str(tmp_path / "x.json")
+  workdir.write_json(path, {"a": [1, 2]})
+  assert workdir.read_json(path) == {"a": [1, 2]}
+  assert os.listdir(tmp_path) == ["x.json"]
 
 
 def test_read_config_fills_fields_added_since_the_run(tmp_path):
-    from vsr_jax import defaults
-    saved = config_lib.to_dict(defaults.base_config())
-    saved["agent"]["width"] = 64
-    del saved["agent"]["sqr_head"]                       # a field the run's code did not have
-    os.makedirs(tmp_path / "run")
-    workdir.write_json(str(tmp_path / "run" / "config.json"), saved)
-    config = workdir.read_config(str(tmp_path / "run"))
-    assert config.agent.width == 64                      # the run's value
-    assert config.agent.sqr_head == defaults.base_config().agent.sqr_head
-    assert isinstance(config.stages, tuple)
-    with pytest.raises(AttributeError):
-        config.new_field = 1                             # locked
-    with pytest.raises(WorkdirError, match="config.json not found"):
-        workdir.read_config(str(tmp_path / "nothing"))
+  from vsr_jax import defaults
+  saved = config_lib.to_dict(defaults.base_config())
+  saved["agent"]["width"] = 64
+  del saved["agent"]["sqr_head"]                       # a field the run's code did not have
+  os.makedirs(tmp_path / "run")
+  workdir.write_json(str(tmp_path / "run" / "config.json"), saved)
+  config = workdir.read_config(str(tmp_path / "run"))
+  assert config.agent.width == 64                      # the run's value
+  assert config.agent.sqr_head == defaults.base_config().agent.sqr_head
+  assert isinstance(config.stages, tuple)
+  with pytest.raises(AttributeError):
+    config.new_field = 1                             # locked
+  with pytest.raises(WorkdirError, match="config.json not found"):
+    workdir.read_config(str(tmp_path / "nothing"))
 
 
 def test_prepare_for_eval_allows_what_evaluation_reads(tmp_path):
-    wd = str(tmp_path)
-    workdir.prepare(smoke(), wd, mode="train")
-    workdir.prepare(smoke(**{"data.eval_split": "val", "eval.turns": 3}), wd, mode="eval")
-    with pytest.raises(WorkdirError, match="data.dir"):
-        workdir.prepare(smoke(**{"data.dir": "/elsewhere"}), wd, mode="eval")
-    with pytest.raises(WorkdirError, match="data.eval_split"):      # training reads it there
-        workdir.prepare(smoke(**{"data.eval_split": "val"}), wd, mode="train")
+  wd = str(tmp_path)
+  workdir.prepare(smoke(), wd, mode="train")
+  workdir.prepare(smoke(**{"data.eval_split": "val", "eval.turns": 3}), wd, mode="eval")
+  with pytest.raises(WorkdirError, match="data.dir"):
+    workdir.prepare(smoke(**{"data.dir": "/elsewhere"}), wd, mode="eval")
+  with pytest.raises(WorkdirError, match="data.eval_split"):      # training reads it there
+    workdir.prepare(smoke(**{"data.eval_split": "val"}), wd, mode="train")

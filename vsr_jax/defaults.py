@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vsr_jax import config_lib, registry, sharding
+from vsr_jax import config_lib, hosts, registry, sharding
 from vsr_jax.config_lib import ConfigError
 from vsr_jax.data import synthetic
 
@@ -240,6 +240,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.tvr_top_k = 100           # predictions per query in tvr_submission.json
   c.eval.grounding = "frame_similarity"  # baseline grounding: frame_similarity | whole_video
   c.eval.turns = 2                 # T at evaluation (may exceed grpo.turns)
+  # The episodes' frame store: device (split over mesh.corpus) | host (only the retrieved
+  # videos' frames are read: a corpus larger than the devices' memory).
+  c.eval.frame_store = "device"
   # The method rows, each a kind + the stage whose parameters it evaluates (ROW_DEFAULTS above).
   # A row whose stage is not in config.stages is skipped.
   c.eval.rows = rows(
@@ -426,5 +429,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
        "at most one axis of -1 (the devices left)")
   for field in ("init_timeout_s", "heartbeat_timeout_s"):
     need(config.mesh[field] >= 1, f"mesh.{field}", ">= 1 (seconds)")
+  need(config.eval.frame_store in sharding.FRAME_STORES, "eval.frame_store",
+       " or ".join(repr(r) for r in sharding.FRAME_STORES))
+  # (Checked again once the processes have joined: train and evaluate validate too.)
+  need(config.eval.frame_store == "device" or hosts.joined() == 1, "eval.frame_store",
+       "'device' on a multi-process run (a host frame store is read by one process)")
   need(config.mesh.params in sharding.PARAM_RULES, "mesh.params",
        " or ".join(repr(r) for r in sharding.PARAM_RULES))

@@ -212,7 +212,6 @@ def engine_lists(config, engine, params, split, index, q: np.ndarray) -> EngineL
   batch = config.eval.batch_size
   frame_fn = functools.partial(_frame_vectors, engine)
   search = functools.partial(_search_and_rank, k=k)
-  ground = _ground
   ground_all = functools.partial(_ground_all, frames=split.features.shape[1])
 
   Q = split.num_queries
@@ -246,7 +245,7 @@ def engine_lists(config, engine, params, split, index, q: np.ndarray) -> EngineL
     if score_all:
       a, b = ground_all(q[sl], fv_flat, ids, split.num_frames[ids])
     else:
-      a, b = ground(q[sl], fv[ids], split.num_frames[ids])
+      a, b = _ground(q[sl], fv[ids], split.num_frames[ids])
     starts[sl], ends[sl] = hosts.fetch((a, b))
     progress.update(min(start + sub, Q))
   if config.eval.grounding == "whole_video":
@@ -425,7 +424,7 @@ def evaluate_run(ctx, out_dir: str) -> dict:
                                 every_seconds=config.log.progress_seconds)
   index = index_lib.build_index(config, videos, mesh=ctx.mesh,
                                 directory=os.path.join(out_dir, "index", config.index.backend))
-  corpus = rollout.Corpus.from_split(index, split, ctx.mesh)
+  corpus = rollout.Corpus.from_split(index, split, ctx.mesh, config.eval.frame_store)
   results = []
   # Config order (to_dict keeps it; ConfigDict.items() would sort the names).
   for name in config_lib.to_dict(config.eval.rows):

@@ -48,7 +48,8 @@ def initialize(mesh_cfg, coordinator: str = "", num_processes: int = 0,
   Explicit (local runs, any launcher): coordinator 'HOST:PORT', num_processes, process_id.
   Else a cluster launcher's environment (CLUSTER_SIZE_ENV, TPU_WORKER_HOSTNAMES) is detected
   by jax. mesh_cfg.init_timeout_s bounds the wait for every process to join;
-  mesh_cfg.heartbeat_timeout_s how long a silent (dead) process goes unnoticed.
+  mesh_cfg.heartbeat_timeout_s how long a silent (dead) process goes unnoticed (both >= 1:
+  defaults.validate, which main runs before joining).
   """
   explicit = bool(coordinator) or num_processes > 0 or process_id >= 0
   if explicit:
@@ -62,9 +63,6 @@ def initialize(mesh_cfg, coordinator: str = "", num_processes: int = 0,
       return 1
   elif _cluster_size() == 1:
     return 1
-  for field in ("init_timeout_s", "heartbeat_timeout_s"):
-    if int(mesh_cfg[field]) < 1:
-      raise ConfigError(f"config.mesh.{field}={mesh_cfg[field]}: expected >= 1 (seconds)")
   if jax.distributed.is_initialized():
     return jax.process_count()
   # CPU devices of several processes talk through gloo (GPU and TPU have their own links).
@@ -92,6 +90,12 @@ def is_primary() -> bool:
 def _state():
   from jax._src import distributed   # pylint: disable=g-import-not-at-top (its key-value store)
   return distributed.global_state
+
+
+def joined() -> int:
+  """The processes joined so far (1 before initialize), without starting the devices (which
+  jax.process_count() would, and that must wait for initialize)."""
+  return _state().num_processes or 1
 
 
 # Barriers wait on the coordination service, not on a device collective: process 0 may make

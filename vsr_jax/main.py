@@ -116,9 +116,10 @@ def eval_config(config, overrides: dict):
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from vsr_jax import hosts, train   # after the flags: config errors come fast
+  from vsr_jax import defaults, hosts, train   # after the flags: config errors come fast
   try:
     config = _CONFIG.value
+    defaults.validate(config)   # before joining: a bad config fails alone, not at a barrier
     hosts.initialize(config.mesh, FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     hosts.agree(config, FLAGS.workdir, FLAGS.mode, config.mesh.init_timeout_s)
     if FLAGS.mode == "train":

@@ -25,13 +25,52 @@ from vsr_jax.engine.towers import DualEncoder
 
 
 @jax.tree_util.register_pytree_node_class
+class HostFrames:
+  """A [V, F, D] frame store left on the host: a numpy array, or an np.memmap of a file on
+  disk, of which an episode reads only the retrieved videos' rows (through a callback), so
+  the device never holds the corpus' frames and the host only the pages it touched. Compared
+  by identity, as jit's cache keys it."""
+
+  def __init__(self, array: np.ndarray):
+    if array.ndim != 3:
+      raise ValueError(f"a frame store is [videos, frames, dim]; got shape {array.shape}")
+    self.array = array
+
+  def tree_flatten(self):
+    return (), self          # no leaves: the store itself is the (identity-hashed) aux data
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    del children
+    return aux
+
+  @property
+  def shape(self) -> tuple:
+    return tuple(self.array.shape)
+
+  def _read(self, vid) -> np.ndarray:
+    vid = np.asarray(vid)
+    flat = vid.reshape(-1)
+    # Sorted, unique rows: a memmap reads each page once, in file order.
+    rows, back = np.unique(flat, return_inverse=True)
+    frames = np.asarray(self.array[rows], np.float32)[back]
+    return frames.reshape(vid.shape + frames.shape[1:])
+
+  def take(self, vid):
+    out = jax.ShapeDtypeStruct(vid.shape + self.shape[1:], jnp.float32)
+    return jax.pure_callback(self._read, out, vid.astype(jnp.int32),
+                             vmap_method="broadcast_all")
+
+
+@jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass
 class Corpus:
   """What an episode reads about the corpus: the index and the videos' frames. On a mesh with
-  a 'corpus' axis every [V, ...] array is split along it (rows padded to a multiple), and
-  `take` gathers the retrieved videos' rows from their shards."""
+  a 'corpus' axis every [V, ...] device array is split along it (rows padded to a multiple),
+  and `take` gathers the retrieved videos' rows from their shards. The frames may instead stay
+  on the host (HostFrames)."""
   index: object                # ExactIndex | ScannIndex
-  features: jax.Array          # [V, F, D]
+  features: jax.Array          # [V, F, D], or HostFrames
   num_frames: jax.Array        # [V]
   frame_seconds: jax.Array     # [V]
   durations: jax.Array         # [V]
@@ -46,22 +85,34 @@ class Corpus:
     return cls(*children, *aux)
 
   @classmethod
-  def from_split(cls, index, split, mesh=None) -> "Corpus":
-    arrays = (split.features, split.num_frames, split.frame_seconds, split.durations)
+  def from_split(cls, index, split, mesh=None, frame_store: str = "device") -> "Corpus":
+    if frame_store not in sharding.FRAME_STORES:
+      raise ValueError(f"frame_store={frame_store!r}: expected one of {sharding.FRAME_STORES}")
+    on_host = frame_store == "host"
+    arrays = (split.num_frames, split.frame_seconds, split.durations)
+    if not on_host:
+      arrays = (split.features,) + arrays
     split_over_corpus = sharding.size(mesh, sharding.CORPUS) > 1
     if split_over_corpus:   # refused before anything is placed
       sharding.check_corpus(mesh, len(split.num_frames), "episode")
     placed = [sharding.put_corpus(a, mesh) for a in arrays]
+    if on_host:
+      placed = [HostFrames(split.features)] + placed
     if split_over_corpus:
       return cls(index, *placed, mesh=mesh)
     return cls(index, *placed)   # one array each (replicated over a mesh's devices)
 
   def take(self, vid):
     """(frames [B, F, D], num_frames, frame_seconds, durations [B]) of videos vid [B]."""
-    tables = (self.features, self.num_frames, self.frame_seconds, self.durations)
+    on_host = isinstance(self.features, HostFrames)
+    tables = (self.num_frames, self.frame_seconds, self.durations)
+    if not on_host:
+      tables = (self.features,) + tables
     if self.mesh is None:
-      return tuple(t[vid] for t in tables)
-    return _take_sharded(tables, vid, self.mesh)
+      rows = tuple(t[vid] for t in tables)
+    else:
+      rows = _take_sharded(tables, vid, self.mesh)
+    return (self.features.take(vid),) + tuple(rows) if on_host else tuple(rows)
 
 
 def _take_sharded(tables, vid, mesh):

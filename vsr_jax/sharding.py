@@ -135,6 +135,10 @@ def put_corpus(array, mesh: Mesh | None):
 # ------------------------------------------------------------------------ parameters
 
 PARAM_RULES = ("replicated", "fsdp")
+# Where an evaluation episode's frame store lives (config.eval.frame_store): "device" (on the
+# mesh, split over 'corpus') or "host" (rollout.HostFrames: only the retrieved videos' frames
+# are read, from host memory or a memory-mapped file).
+FRAME_STORES = ("device", "host")
 
 
 def param_spec(shape, mesh: Mesh, rule: str, min_size: int = 2 ** 12) -> P:

@@ -2,7 +2,9 @@
 
 A source is `load(config, directory, splits, tokenizer) -> (tokenizer, {split: store.Split})`
 (tokenizer: the engine's own when its text tower brings one, else None: the source builds a
-word vocabulary) plus an optional `check(config)` run with the config's validation. A new
+word vocabulary), an optional `check(config)` run with the config's validation, and an
+optional `prepare(config, directory)` that makes what is missing there (generates, builds):
+of a multi-host run's processes only the first prepares, then all of them load. A new
 source is one file that registers itself (`@registry.DATASETS.register(name)`), imported
 through config.imports.
 """
@@ -22,6 +24,7 @@ from vsr_jax.data import store
 class Source:
   load: Callable
   check: Callable | None = None
+  prepare: Callable | None = None
 
 
 def data_dir(config, workdir: str) -> str:
@@ -38,6 +41,13 @@ def load_data(config, workdir: str, *, splits=None, tokenizer=None):
   return source.load(config, data_dir(config, workdir), splits, tokenizer)
 
 
+def prepare_data(config, workdir: str) -> None:
+  """Makes config.data's source ready to load (a no-op when it is, or has nothing to make)."""
+  source = registry.DATASETS.get(config.data.source, "data.source")
+  if source.prepare:
+    source.prepare(config, data_dir(config, workdir))
+
+
 def _load_store(config, directory, splits, tokenizer):
   """A directory in the project's layout (annotation JSONL + one .npy per video)."""
   if not os.path.isdir(directory):
@@ -50,14 +60,23 @@ def _load_store(config, directory, splits, tokenizer):
                      for s in splits}
 
 
-def _load_synthetic(config, directory, splits, tokenizer):
+def _write_synthetic(config, directory):
   store.write_synthetic(config.data, directory, progress_seconds=config.log.progress_seconds)
+
+
+def _load_synthetic(config, directory, splits, tokenizer):
+  _write_synthetic(config, directory)     # a check only, once prepared
   return _load_store(config, directory, splits, tokenizer)
 
 
 def _load_tfds(config, directory, splits, tokenizer):
   from vsr_jax.data.tfds import source as tfds_source   # TFDS imported only when used
   return tfds_source.load_data(config, directory, splits, tokenizer=tokenizer)
+
+
+def _prepare_tfds(config, directory):
+  from vsr_jax.data.tfds import source as tfds_source   # pylint: disable=g-import-not-at-top
+  tfds_source.prepare(config.data, directory)
 
 
 def _check_tfds(config) -> None:
@@ -69,6 +88,6 @@ def _check_tfds(config) -> None:
                       f"{', '.join(known)}")
 
 
-registry.DATASETS.register("synthetic", Source(_load_synthetic))
+registry.DATASETS.register("synthetic", Source(_load_synthetic, prepare=_write_synthetic))
 registry.DATASETS.register("files", Source(_load_store))
-registry.DATASETS.register("tfds", Source(_load_tfds, _check_tfds))
+registry.DATASETS.register("tfds", Source(_load_tfds, _check_tfds, _prepare_tfds))

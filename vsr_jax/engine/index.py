@@ -7,12 +7,14 @@ Both backends are pytrees that can be passed into jitted code and answer
   split along it (each shard finds its own top-k for its slice of the queries, then the
   shards' candidates are merged).
 * ScannIndex: ScaNN (tree + asymmetric hashing + exact reorder) on the host through
-  jax.pure_callback, for corpora that do not fit on the device. Serialised into the workdir
+  jax.pure_callback, for corpora too large to search exactly. Serialised into the workdir
   and reloaded without rebuilding.
 Ranks are exact and consistent with the returned list: ties in score go to the lower video
 index, as lax.top_k orders them. For ScaNN, the rank of a ground truth found in the searched
 list (depth max(k, rank_depth)) is its position there; otherwise its exact rank over the
-corpus, but never less than the list's length + 1. When ScaNN finds fewer than k
+corpus, but never less than the list's length + 1. That exact rank is counted on the device
+(an ExactIndex over the same vectors, split over the mesh's 'corpus' axis): the host does
+only ScaNN's own search, never a pass over the corpus. When ScaNN finds fewer than k
 neighbours, the missing entries have id -1 and score -inf.
 """
 
@@ -23,7 +25,6 @@ import json
 import os
 import shutil
 import time
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -151,6 +152,10 @@ class ExactIndex:
   def search_and_rank(self, q, k, gt):
     return self._run(q, k, gt)
 
+  def rank(self, q, gt):
+    """The exact rank of gt for each query (1 = top-1), without a top-k list."""
+    return self._run(q, 1, gt)[2]
+
 
 # ----------------------------------------------------------------------------- ScaNN
 
@@ -201,9 +206,9 @@ def build_scann(vectors: np.ndarray, params: dict, threads: int = 0):
 class _Host:
   """Holds the host-side ScaNN searcher; compared by identity so jit caches per index."""
 
-  def __init__(self, searcher, vectors: np.ndarray, *, threads: int, rank_depth: int,
+  def __init__(self, searcher, num_vectors: int, *, threads: int, rank_depth: int,
                reorder: int):
-    self.searcher, self.vectors = searcher, vectors
+    self.searcher, self.num_vectors = searcher, num_vectors
     self.rank_depth, self.reorder = rank_depth, reorder
     if threads:
       searcher.set_num_threads(threads)
@@ -220,40 +225,31 @@ class _Host:
     pad = ~np.isfinite(scores)
     return np.where(pad, -np.inf, scores), np.where(pad, -1, ids)
 
-  def exact_ranks(self, q: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    ranks = np.empty(len(gt), np.int64)
-    ids = np.arange(self.vectors.shape[0])
-    for start in range(0, len(gt), 256):
-      s = q[start:start + 256] @ self.vectors.T
-      g = gt[start:start + 256]
-      gs = s[np.arange(len(g)), g][:, None]
-      ahead = (s > gs) | ((s == gs) & (ids[None] < g[:, None]))
-      ranks[start:start + 256] = 1 + ahead.sum(1)
-    return ranks
-
 
 @jax.tree_util.register_pytree_node_class
 class ScannIndex:
-  """ScaNN on the host, called from jitted code through jax.pure_callback."""
+  """ScaNN on the host, called from jitted code through jax.pure_callback; `exact` (the same
+  vectors on the device) ranks a ground truth beyond ScaNN's list."""
 
-  def __init__(self, host: _Host):
-    self.host = host
+  def __init__(self, host: _Host, exact: ExactIndex):
+    self.host, self.exact = host, exact
 
   def tree_flatten(self):
-    return (), (self.host,)
+    return (self.exact,), (self.host,)
 
   @classmethod
   def tree_unflatten(cls, aux, children):
-    return cls(*aux)
+    return cls(aux[0], children[0])
 
   @property
   def size(self) -> int:
-    return self.host.vectors.shape[0]
+    return self.host.num_vectors
 
   @classmethod
   def build(cls, vectors: np.ndarray, cfg, *, directory: str | None = None,
-            rank_depth: int = 100) -> "ScannIndex":
-    """Loads the serialised searcher from `directory` if it matches, else builds (and saves)."""
+            rank_depth: int = 100, mesh: Mesh | None = None) -> "ScannIndex":
+    """Loads the serialised searcher from `directory` if it matches, else builds (and saves).
+    The device copy for exact ranks is split over mesh's 'corpus' axis when it has one."""
     scann = _import_scann()
     vectors = np.ascontiguousarray(np.asarray(vectors), np.float32)
     params = scann_params(cfg, vectors.shape[0])
@@ -276,8 +272,8 @@ class ScannIndex:
                    time.perf_counter() - start, params)
       if directory:
         save_scann(searcher, directory, meta)
-    return cls(_Host(searcher, vectors, threads=cfg.threads, rank_depth=rank_depth,
-                     reorder=params["reorder"]))
+    return cls(_Host(searcher, vectors.shape[0], threads=cfg.threads, rank_depth=rank_depth,
+                     reorder=params["reorder"]), ExactIndex.build(vectors, mesh))
 
   def _callback(self, q, k, gt):
     depth = max(k, min(self.host.rank_depth, self.size))
@@ -292,14 +288,11 @@ class ScannIndex:
         return out
       flat_gt = np.asarray(gt_np).reshape(-1)
       found = ids == flat_gt[:, None]
-      in_list = found.any(1)
-      rank = np.where(in_list, found.argmax(1) + 1, 0)
-      if (~in_list).any():
-        # Not in the searched list: at least one past the list's real entries.
-        listed = (ids[~in_list] >= 0).sum(1)
-        exact = self.host.exact_ranks(flat_q[~in_list], flat_gt[~in_list])
-        rank[~in_list] = np.maximum(listed + 1, exact)
-      return out + (rank.astype(np.int32).reshape(batch),)
+      # 0: not in the searched list (ranked on the device), and how many real entries it has.
+      rank = np.where(found.any(1), found.argmax(1) + 1, 0)
+      listed = (ids >= 0).sum(1)
+      return out + (rank.astype(np.int32).reshape(batch),
+                    listed.astype(np.int32).reshape(batch))
 
     lead = q.shape[:-1]
     shapes = (jax.ShapeDtypeStruct((*lead, k), jnp.float32),
@@ -309,9 +302,13 @@ class ScannIndex:
       scores, ids = jax.pure_callback(lambda a: host_fn(a, None), shapes, q,
                                       vmap_method="broadcast_all")
       return scores, ids, None
-    shapes = shapes + (jax.ShapeDtypeStruct(lead, jnp.int32),)
-    return jax.pure_callback(host_fn, shapes, q, gt.astype(jnp.int32),
-                             vmap_method="broadcast_all")
+    shapes = shapes + (jax.ShapeDtypeStruct(lead, jnp.int32),) * 2
+    gt = gt.astype(jnp.int32)
+    scores, ids, in_list, listed = jax.pure_callback(host_fn, shapes, q, gt,
+                                                     vmap_method="broadcast_all")
+    # Beyond the list: the exact rank, but at least one past the list's real entries.
+    beyond = jnp.maximum(listed + 1, self.exact.rank(q, gt))
+    return scores, ids, jnp.where(in_list > 0, in_list, beyond)
 
   def search(self, q, k):
     s, i, _ = self._callback(q, k, None)
@@ -350,11 +347,11 @@ def _build_exact(config, vectors, mesh, directory):
 
 @registry.INDEX_BACKENDS.register("scann")
 def _build_scann(config, vectors, mesh, directory):
-  del mesh
   if hosts.count() > 1:   # one host searcher per process and a merge: not built yet
     raise ConfigError(f"config.index.backend='scann' runs on one process; this run has "
                       f"{hosts.count()} (use index.backend='exact', split over mesh.corpus)")
-  return ScannIndex.build(np.asarray(vectors), config.index.scann, directory=directory)
+  return ScannIndex.build(np.asarray(vectors), config.index.scann, directory=directory,
+                          mesh=mesh)
 
 
 def build_index(config, vectors, *, mesh: Mesh | None = None, directory: str | None = None):

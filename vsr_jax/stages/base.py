@@ -56,10 +56,11 @@ class Context:
     """Loads the data (splits; default: the eval split, which gives the tokenizer too) and
     builds the engine module."""
     # Process 0 of a multi-host run makes what is missing (generated data, a TFDS build);
-    # the others read it once it is there.
-    tokenizer, loaded = hosts.primary_first(
-        lambda: sources.load_data(config, workdir, splits=splits or (config.data.eval_split,),
-                                  tokenizer=towers.tokenizer_for(config)), "load data")
+    # then every process reads it at once.
+    hosts.primary_first(lambda: sources.prepare_data(config, workdir), "prepare data")
+    tokenizer, loaded = sources.load_data(config, workdir,
+                                          splits=splits or (config.data.eval_split,),
+                                          tokenizer=towers.tokenizer_for(config))
     engine = towers.build_engine(config, len(tokenizer))
     return cls(config, workdir, tokenizer, loaded, engine, mesh=mesh)
 

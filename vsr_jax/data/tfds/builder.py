@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -152,8 +153,16 @@ class VcmrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = VERSION
 
   def __init__(self, *, file_format=None, **kwargs):
-    # array_record: random access, and no TensorFlow needed to write or read it.
-    super().__init__(file_format=file_format or "array_record", **kwargs)
+    # TFDS makes an empty temporary folder for every builder of a dataset not yet built (its
+    # GCS metadata lookup, disabled) and never removes it: one per run piled up in /tmp. Those
+    # go into a folder of ours, removed here.
+    with tempfile.TemporaryDirectory(prefix="vsr_jax_tfds_") as scratch:
+      saved, tempfile.tempdir = tempfile.tempdir, scratch
+      try:
+        # array_record: random access, and no TensorFlow needed to write or read it.
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+      finally:
+        tempfile.tempdir = saved
 
   def read_split(self, manual_dir: str, split: str, path: str):
     """-> (moments [annotations.Moment] in file order, collections.Counter of corrections)."""
