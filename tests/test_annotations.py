@@ -122,10 +122,6 @@ def test_start_below_zero_is_clipped_and_counted(tmp_path):
     (row(time=[1, True]), "field 'time' must be a number"),
     (row(time=[1, 2, 3]), "field 'time' must be [start, end]"),
     (row(time=[5, 3]), "reversed"),
-    (row(time=[30, 35]), "starts at or after the video's end"),
-    (row(time=[28, 29]), "starts at or after the video's end"),
-    (row(time=[3, 3]), "has no length"),
-    (row(time=[-3, -1]), "has no length"),
     (row(duration=0), "'duration' must be > 0"),
     (row(duration="28"), "field 'duration' must be a number"),
     (row()[:-1].replace('"duration": 28.0', '"duration": NaN') + "}", "not finite"),
@@ -146,6 +142,31 @@ def test_bad_row_names_file_and_line(tmp_path, bad, needle):
   msg = str(e.value)
   assert msg.startswith(f"{path}:3: "), msg        # the blank line 2 still counts
   assert needle in msg
+
+
+def test_moments_outside_their_video_are_dropped_counted_and_named(tmp_path):
+  """The published VERIFIED training files hold a moment that starts at or after its video's
+  end: it must not stop the build. Such rows, and those of no length once clipped, are
+  dropped; the others are read as usual."""
+  path = write_lines(tmp_path, [
+      row(desc_id=1, time=[30, 35]),                  # starts after the end (28 s)
+      row(desc_id=2, time=[28, 29], video="B"),       # starts at the end
+      row(desc_id=3, time=[3, 3]),                    # no length
+      row(desc_id=4, time=[-3, -1]),                  # no length once clipped to 0
+      row(desc_id=5, time=[-1, 40])])                 # clipped at both ends, kept
+  moments, counts = A.read_verified(path)
+  assert [(m.desc_id, m.start, m.end) for m in moments] == [(5, 0.0, 28.0)]
+  assert counts["moments_dropped_starts_at_or_after_the_end"] == 2
+  assert counts["moments_dropped_of_no_length"] == 2
+  assert counts["start_clipped_to_0"] == 1 and counts["end_clipped_to_duration"] == 1
+  assert counts["rows"] == 1
+  assert counts.dropped == ["1 TAQ25 starts_at_or_after_the_end",
+                            "2 B starts_at_or_after_the_end", "3 TAQ25 of_no_length",
+                            "4 TAQ25 of_no_length"]
+  # A file of nothing else is an error that says why.
+  only = write_lines(tmp_path, [row(desc_id=1, time=[30, 35])], name="only.jsonl")
+  with pytest.raises(AnnotationError, match=r"no annotation rows \(1 dropped: 1 TAQ25"):
+    A.read_verified(only)
 
 
 def test_nan_duration_line_is_really_nan(tmp_path):

@@ -38,6 +38,20 @@ def test_base_config_validates():
     ({"engine.train.hard_negatives": "5"}, "engine.train.hard_negatives"),  # > mine_top_k (4)
     ({"eval.grounding": "oracle"}, "eval.grounding"),
     ({"eval.frame_store": "disk"}, "eval.frame_store"),
+    ({"sft.steps": "0"}, "sft.steps"),
+    ({"grpo.steps": "0"}, "grpo.steps"),
+    ({"eval.batch_size": "0"}, "eval.batch_size"),
+    ({"grpo.batch_size": "0"}, "grpo.batch_size"),
+    ({"sft.learning_rate": "0.0"}, "sft.learning_rate"),
+    ({"grpo.learning_rate": "-1e-5"}, "grpo.learning_rate"),
+    ({"sft.projector_learning_rate": "0.0"}, "sft.projector_learning_rate"),
+    ({"engine.train.warmup_steps": "-1"}, "engine.train.warmup_steps"),
+    ({"checkpoint.every_steps": "0"}, "checkpoint.every_steps"),
+    ({"checkpoint.max_to_keep": "0"}, "checkpoint.max_to_keep"),
+    ({"log.every_steps": "0"}, "log.every_steps"),
+    ({"grpo.clip_grad_norm": "0.0"}, "grpo.clip_grad_norm"),
+    ({"agent.depth": "0"}, "agent.depth"),
+    ({"engine.embed_dim": "0"}, "engine.embed_dim"),
     ({"mesh.data": "0"}, "mesh.data"),
     ({"mesh.init_timeout_s": "0"}, "mesh.init_timeout_s"),
     ({"mesh.heartbeat_timeout_s": "0"}, "mesh.heartbeat_timeout_s"),
@@ -95,6 +109,20 @@ def test_files_source_cannot_stream():
   with pytest.raises(ConfigError, match="engine.train.source"):
     defaults.validate(config_lib.load(SYNTHETIC + ":smoke", {
         "data.source": "files", "data.dir": "/x"}))
+
+
+def test_zero_steps_say_to_leave_the_stage_out():
+  with pytest.raises(ConfigError, match=r"config.sft.steps=0: expected >= 1 \(a stage that is "
+                     r"not wanted is left out of config.stages"):
+    defaults.validate(config_lib.load(SYNTHETIC + ":smoke", {"sft.steps": "0"}))
+
+
+def test_numeric_rules_reach_a_field_added_later():
+  config = config_lib.load(SYNTHETIC + ":smoke")
+  with config.unlocked():
+    config.sft.extra = {"batch_size": 0}
+  with pytest.raises(ConfigError, match=r"config.sft.extra.batch_size=0: expected >= 1"):
+    defaults.validate(config)
 
 
 def test_a_host_frame_store_is_for_one_process(monkeypatch):

@@ -111,6 +111,20 @@ def test_example_layout_and_build_log(tmp_path):
   assert b.info.file_format.value == "array_record"
 
 
+def test_a_moment_after_its_video_end_is_dropped_not_a_failed_build(tmp_path):
+  """(The published VERIFIED training files hold such a row.)"""
+  rows = [dict(r) for r in ROWS]
+  rows[3]["time"] = [rows[3]["duration"] + 1.0, rows[3]["duration"] + 2.0]
+  b = builder(tmp_path / "data")
+  prepare(b, manual_dir(tmp_path, rows))
+  assert b.info.metadata["build"]["test"] == {
+      "rows": 5, "moments_dropped_starts_at_or_after_the_end": 1}
+  assert list(b.info.metadata["dropped"]["test"]) == ["103 VID3 starts_at_or_after_the_end"]
+  ds = b.as_data_source(split="test")
+  assert sorted(ds[i]["video"].decode() for i in range(len(ds))) == [
+      "VID0", "VID1", "VID2", "VID4", "VID5"]
+
+
 def test_videos_without_features_fail_unless_allowed(tmp_path):
   manual = manual_dir(tmp_path)
   os.remove(manual / "features" / "VID1.npy")

@@ -281,6 +281,40 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Numeric fields checked by name wherever they sit in these sections (a field added later with
+# one of these names is checked too): name -> (test, what is expected).
+NUMERIC_RULES = {
+    "steps": (lambda v: v >= 1, ">= 1 (a stage that is not wanted is left out of "
+                                "config.stages, not given 0 steps)"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "every_steps": (lambda v: v >= 1, ">= 1"),
+    "max_to_keep": (lambda v: v >= 1, ">= 1"),
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "projector_learning_rate": (lambda v: v > 0, "> 0"),
+    "clip_grad_norm": (lambda v: v > 0, "> 0"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "time_weight": (lambda v: v >= 0, ">= 0"),
+    "ret_weight": (lambda v: v >= 0, ">= 0"),
+    "ambiguity": (lambda v: v >= 0, ">= 0"),
+    "progress_seconds": (lambda v: v >= 0, ">= 0"),
+    "width": (lambda v: v >= 1, ">= 1"),
+    "depth": (lambda v: v >= 1, ">= 1"),
+    "mlp_dim": (lambda v: v >= 1, ">= 1"),
+    "embed_dim": (lambda v: v >= 1, ">= 1"),
+    "hidden": (lambda v: v >= 1, ">= 1"),
+}
+NUMERIC_SECTIONS = ("engine", "agent", "sft", "grpo", "eval", "log", "checkpoint")
+
+
+def _numeric_fields(tree: dict, prefix: str):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _numeric_fields(value, f"{prefix}{key}.")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      yield f"{prefix}{key}", key, value
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks values that would fail late or silently; raises ConfigError naming the field."""
   def need(cond, field, expected):
@@ -290,6 +324,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         value = value[part]
       raise ConfigError(f"config.{field}={value!r}: expected {expected}.")
 
+  for section in NUMERIC_SECTIONS:
+    for field, name, value in _numeric_fields(config_lib.to_dict(config[section]),
+                                              section + "."):
+      if name in NUMERIC_RULES:
+        test, expected = NUMERIC_RULES[name]
+        need(test(value), field, expected)
   d, s = config.data, config.data.synthetic
   registry.import_extra(config)
   source = registry.DATASETS.get(d.source, "data.source")

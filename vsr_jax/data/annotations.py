@@ -3,8 +3,10 @@
 A row: {"video": "TAQ25", "time": [11.6, 17.7], "desc_id": 65, "duration": 28.0,
         "cog_desc": "...", "fig_desc": "..."}; the query is `fig_desc`.
 Every problem names the file and line. Moments that poke past the video are corrected and
-counted (the real Charades-FIG files have ~15% of rows with an end beyond `duration`);
-what cannot be corrected is an error.
+counted (the real Charades-FIG files have ~15% of rows with an end beyond `duration`); a
+moment that starts at or after its video's end, or has no length once clipped (the published
+VERIFIED training files hold such rows), is dropped, counted and named (desc_id, video); what
+else cannot be used (malformed JSON, a missing or mistyped field) is an error.
 """
 
 from __future__ import annotations
@@ -21,6 +23,24 @@ from vsr_jax import config_lib
 
 class AnnotationError(config_lib.InputError):
   """An annotation row that cannot be used; the message names file, line and field."""
+
+
+class Dropped(Exception):
+  """A well-formed row that is no moment of its video: read_moments drops, counts and names it
+  (it does not stop the read)."""
+
+  def __init__(self, reason: str, desc_id: int, video: str, detail: str):
+    super().__init__(detail)
+    self.reason, self.desc_id, self.video, self.detail = reason, desc_id, video, detail
+
+
+class Corrections(collections.Counter):
+  """Counts of the corrections made while reading, plus `dropped`: the dropped rows as
+  'desc_id video reason' strings, in file order."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.dropped = []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +65,24 @@ def _number(where: str, field: str, value) -> float:
   return float(value)
 
 
+def clip_to_video(start: float, end: float, duration: float, desc_id: int, video: str,
+                  counts: collections.Counter) -> tuple[float, float]:
+  """[start, end] clipped to [0, duration] (counted); raises Dropped for a moment that starts
+  at or after the video's end or has no length once clipped."""
+  if start >= duration:
+    raise Dropped("starts_at_or_after_the_end", desc_id, video,
+                  f"moment [{start}, {end}] starts at or after the video's end ({duration} s)")
+  clipped = max(start, 0.0), min(end, duration)
+  if clipped[1] <= clipped[0]:
+    raise Dropped("of_no_length", desc_id, video,
+                  f"moment [{start}, {end}] has no length within [0, {duration}]")
+  if start < 0:
+    counts["start_clipped_to_0"] += 1
+  if end > duration:
+    counts["end_clipped_to_duration"] += 1
+  return clipped
+
+
 def parse_row(row, where: str, counts: collections.Counter) -> Moment:
   """Checks one decoded row; corrections are added to `counts`."""
   if not isinstance(row, dict):
@@ -67,23 +105,13 @@ def parse_row(row, where: str, counts: collections.Counter) -> Moment:
   start, end = (_number(where, "time", t) for t in time)
   if start > end:
     raise AnnotationError(f"{where}: field 'time' is reversed: start {start} > end {end}")
-  if start >= duration:
-    raise AnnotationError(
-        f"{where}: moment [{start}, {end}] starts at or after the video's end ({duration} s)")
-  if start < 0:
-    start = 0.0
-    counts["start_clipped_to_0"] += 1
-  if end > duration:
-    end = duration
-    counts["end_clipped_to_duration"] += 1
-  if end <= start:
-    raise AnnotationError(f"{where}: moment [{start}, {end}] has no length")
   query = row["fig_desc"]
   if not isinstance(query, str) or not query.strip():
     raise AnnotationError(f"{where}: empty query (field 'fig_desc' is {query!r})")
   coarse = row.get("cog_desc", "")
   if not isinstance(coarse, str):
     raise AnnotationError(f"{where}: field 'cog_desc' must be a string, got {coarse!r}")
+  start, end = clip_to_video(start, end, duration, desc_id, video, counts)
   return Moment(desc_id, video, start, end, duration, query.strip(), coarse.strip())
 
 
@@ -91,11 +119,12 @@ def read_moments(path: str, parse, error=None) -> tuple[list[Moment], collection
   """Reads an annotation JSONL file row by row with parse(row, where, counts) -> Moment.
 
   Blank lines are skipped; a line that is not JSON, a repeated desc_id or an empty file raise
-  `error` (default AnnotationError) naming the file and line. Returns the moments in file
-  order and the corrections parse counted, plus 'rows'.
+  `error` (default AnnotationError) naming the file and line; a row for which parse raises
+  Dropped is logged, counted ('moments_dropped_<reason>') and named in counts.dropped. Returns the
+  moments in file order and the Corrections parse counted, plus 'rows' (the moments kept).
   """
   error = error or AnnotationError
-  counts = collections.Counter()
+  counts = Corrections()
   moments, seen = [], {}
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
@@ -108,14 +137,23 @@ def read_moments(path: str, parse, error=None) -> tuple[list[Moment], collection
         raise error(
             f"{where}: not valid JSON ({e.msg} at column {e.colno}); is the line truncated?"
         ) from None
-      moment = parse(row, where, counts)
+      try:
+        moment = parse(row, where, counts)
+      except Dropped as d:
+        counts[f"moments_dropped_{d.reason}"] += 1
+        counts.dropped.append(f"{d.desc_id} {d.video} {d.reason}")
+        logging.warning("%s: desc_id %d (video %s): %s: dropped", where, d.desc_id, d.video,
+                        d.detail)
+        continue
       if moment.desc_id in seen:
         raise error(
             f"{where}: desc_id {moment.desc_id} already used on line {seen[moment.desc_id]}")
       seen[moment.desc_id] = lineno
       moments.append(moment)
   if not moments:
-    raise error(f"{path}: no annotation rows")
+    dropped = f" ({len(counts.dropped)} dropped: {', '.join(counts.dropped[:5])})" * bool(
+        counts.dropped)
+    raise error(f"{path}: no annotation rows{dropped}")
   for what, n in sorted(counts.items()):
     logging.info("%s: %s in %d of %d rows", path, what.replace("_", " "), n, len(moments))
   counts["rows"] = len(moments)

@@ -198,6 +198,7 @@ class VcmrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     queries = (open_features(manual, c.query_features, c.query_feature_dim, "query features")
                if c.query_features else None)
     self.info.metadata["build"] = {}
+    self.info.metadata["dropped"] = {}
     generators = {}
     # Every split is read and checked before anything is written: a bad row or a missing
     # video fails the build at once.
@@ -213,6 +214,8 @@ class VcmrBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         logging.info("build %s/%s %s: %s: %d", self.name, c.name, split,
                      what.replace("_", " "), n)
       self.info.metadata["build"][split] = dict(counts)
+      # The rows dropped as no moment of their video, named ('desc_id video reason').
+      self.info.metadata["dropped"][split] = list(getattr(counts, "dropped", []))
       generators[split] = self._generate_examples(rows, videos, queries)
     return generators
 

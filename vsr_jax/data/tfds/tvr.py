@@ -66,17 +66,7 @@ def parse_row(row, where: str, durations: dict, dur_path: str, counts) -> annota
   start, end = (_number(where, "ts", t) for t in ts)
   if start > end:
     raise builder_lib.BuildError(f"{where}: field 'ts' is reversed: start {start} > end {end}")
-  if start >= duration:
-    raise builder_lib.BuildError(
-        f"{where}: moment [{start}, {end}] starts at or after the video's end ({duration} s)")
-  if start < 0:
-    start = 0.0
-    counts["start_clipped_to_0"] += 1
-  if end > duration:
-    end = duration
-    counts["end_clipped_to_duration"] += 1
-  if end <= start:
-    raise builder_lib.BuildError(f"{where}: moment [{start}, {end}] has no length")
+  start, end = annotations.clip_to_video(start, end, duration, desc_id, video, counts)
   # Facts of the real files worth knowing when reading the grounding metrics (no correction).
   if start == 0:
     counts["moments_starting_at_0"] += 1
