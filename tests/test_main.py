@@ -51,6 +51,18 @@ def test_a_bad_config_is_refused_before_joining_the_other_processes(tmp_path):
   assert "Traceback" not in err and not os.listdir(tmp_path)
 
 
+def test_a_run_that_fails_on_its_input_does_not_claim_the_workdir(tmp_path):
+  """The data is read and checked before config.json is written: the corrected command (here
+  another data.dir, a field that decides what is trained) may use the same workdir."""
+  wd = tmp_path / "run"
+  code, err = cli("--config=configs/synthetic.py:smoke", "--config.data.source=files",
+                  f"--config.data.dir={tmp_path / 'nope'}", "--config.engine.train.source=train",
+                  f"--workdir={wd}")
+  assert code != 0 and "nope" in err and "no such directory" in err
+  assert "Traceback" not in err
+  assert not os.path.exists(wd / "config.json")
+
+
 def test_missing_config_file(tmp_path):
   code, err = cli("--config=configs/nope.py", f"--workdir={tmp_path}")
   assert code != 0 and "configs/nope.py" in err and "does not exist" in err

@@ -126,6 +126,13 @@ def test_tvr_through_load_data(tmp_path):
   assert [q[0, 0] for q in val.query_features] == list(val.desc_ids)
 
 
+def test_a_manual_dir_that_does_not_exist_is_named(tmp_path):
+  config = config_for(tmp_path / "nope")
+  with pytest.raises(builder_lib.BuildError, match=r"data.manual_dir='.*nope': no such "
+                     "directory"):
+    sources.prepare_data(config, str(tmp_path / "run"))
+
+
 def test_unknown_dataset_name():
   c = defaults.base_config()
   c.data.tfds.name = "verified_fig/kinetics"

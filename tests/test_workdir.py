@@ -28,6 +28,24 @@ def test_prepare_writes_config_json(tmp_path):
   workdir.prepare(smoke(), wd, mode="eval")
 
 
+def test_check_writes_nothing_and_names_a_workdir_it_cannot_use(tmp_path):
+  wd = str(tmp_path / "a" / "run")
+  workdir.check(smoke(), wd, mode="train")
+  assert not os.path.exists(tmp_path / "a")              # nothing claimed yet
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(WorkdirError, match="is a file, not a directory"):
+    workdir.check(smoke(), str(tmp_path / "file"), mode="train")
+  with pytest.raises(WorkdirError, match="is a file, not a directory"):
+    workdir.claim(smoke(), str(tmp_path / "file"))
+  if os.geteuid() != 0:            # root writes anywhere: the permission check cannot fail
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(WorkdirError, match="is not a writable directory"):
+      workdir.check(smoke(), str(locked / "run"), mode="train")
+  workdir.claim(smoke(), wd)
+  assert os.listdir(wd) == ["config.json"]
+
+
 @pytest.mark.parametrize("field, value", [("seed", 1), ("data.synthetic.noise", 0.1),
                                           ("engine.train.fine_keep", 0.9)])
 def test_prepare_rejects_a_different_config(tmp_path, field, value):

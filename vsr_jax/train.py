@@ -44,10 +44,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   check_before_compiling(config, workdir)
   mesh = sharding.make_mesh(config.mesh)   # before the workdir is claimed: a bad mesh leaves
   sharding.check_batch_sizes(config, mesh)  # nothing behind
-  hosts.primary_first(lambda: workdir_lib.prepare(config, workdir, mode="train"), "workdir")
+  workdir_lib.check(config, workdir, mode="train")
   ctx = stages.Context.open(config, workdir, mesh=mesh,
                             splits=(config.data.train_split, config.data.eval_split))
   check_corpora(ctx)
+  # Claimed only now: a run that failed on its input (a missing manual_dir, a bad file, a
+  # corpus too small for the mesh) leaves no config.json to refuse the corrected command.
+  hosts.primary_first(lambda: workdir_lib.claim(config, workdir), "workdir")
   # TensorBoard events from process 0 only (every process logs its own progress lines).
   with (SummaryWriter(os.path.join(workdir, "tb")) if hosts.is_primary()
         else contextlib.nullcontext()) as writer:

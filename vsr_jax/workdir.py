@@ -109,13 +109,43 @@ def read_config(workdir: str):
 
 def prepare(config, workdir: str, *, mode: str) -> None:
   """Creates the workdir or checks that it holds a run of this same config."""
+  check(config, workdir, mode=mode)
+  if mode == "train":
+    claim(config, workdir)
+
+
+def claim(config, workdir: str) -> None:
+  """Writes config.json into a workdir that has none (train calls this only once the data is
+  loaded and checked: a run that fails before that leaves no config.json to refuse the
+  corrected command). A path that is a file, or not writable: one line naming it."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    return
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir={workdir} is a file, not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    write_json(path, config_lib.to_dict(config))
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir}: cannot write {path} ({e.strerror})") from None
+
+
+def check(config, workdir: str, *, mode: str) -> None:
+  """Refuses a workdir that holds a run of another config (or, for eval, none); writes
+  nothing."""
   path = os.path.join(workdir, "config.json")
   current = config_lib.to_dict(config)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir={workdir} is a file, not a directory")
   if not os.path.exists(path):
     if mode == "eval":
       raise WorkdirError(f"{workdir} has no config.json: there is no run to evaluate there")
-    os.makedirs(workdir, exist_ok=True)
-    write_json(path, current)
+    # The nearest folder that exists must take the run's files (else a traceback, later).
+    parent = os.path.abspath(workdir)
+    while not os.path.exists(parent):
+      parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+      raise WorkdirError(f"--workdir={workdir}: {parent} is not a writable directory")
     return
   saved = config_lib.to_dict(read_config(workdir))
   differ = config_lib.diff(saved, current)

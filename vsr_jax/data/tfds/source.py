@@ -61,6 +61,11 @@ def prepare(data_cfg, data_dir: str):
   builder = make_builder(data_cfg, data_dir)
   where = os.fspath(builder.data_dir)
   if not builder.is_prepared():
+    if not os.path.isdir(data_cfg.manual_dir):
+      raise builder_lib.BuildError(
+          f"data.manual_dir={data_cfg.manual_dir!r}: no such directory (the published "
+          f"annotation and feature files of {data_cfg.tfds.name} go there; nothing is "
+          "downloaded)")
     logging.info("building TFDS dataset %s from %s into %s", data_cfg.tfds.name,
                  data_cfg.manual_dir, where)
     tfds.disable_progress_bar()

@@ -126,8 +126,10 @@ class Tvr(builder_lib.VcmrBuilder):
     optional: query features, an HDF5 file keyed by str(desc_id), [L, query_feature_dim]
       (e.g. the release's query-only RoBERTa features; config fields query_features,
       query_feature_dim).
-  End times beyond the duration are clipped and counted; videos without features fail the
-  build unless allow_missing_videos is set.
+  End times beyond the duration are clipped and counted; moments that start at or after
+  their video's end (or have no length once clipped) are dropped, counted and named in the
+  build log and metadata['dropped']; videos without features fail the build unless
+  allow_missing_videos is set.
   """
 
   def read_split(self, manual_dir, split, path):

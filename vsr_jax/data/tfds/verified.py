@@ -69,9 +69,11 @@ class VerifiedFig(builder_lib.VcmrBuilder):
       or an HDF5 file keyed by video id instead (config field video_features = its name).
     optional: an HDF5 file of query features keyed by str(desc_id), [L, query_feature_dim]
       (config fields query_features, query_feature_dim).
-  Rows with an end time beyond the video's duration are clipped and counted; videos without
-  features fail the build unless allow_missing_videos is set (then they are named, counted
-  and dropped with their queries).
+  Rows with an end time beyond the video's duration are clipped and counted; moments that
+  start at or after their video's end (the published training files hold one) or have no
+  length once clipped are dropped, counted and named (build log, metadata['dropped']); videos
+  without features fail the build unless allow_missing_videos is set (then they are named,
+  counted and dropped with their queries).
   """
 
   def read_split(self, manual_dir, split, path):
