@@ -36,7 +36,12 @@ def test_checkpoint_round_trip(saved):
   wd, ck = saved
   assert ck.latest_step() == 5
   assert os.path.isdir(os.path.join(wd, "checkpoints", "engine", "5"))
-  assert ck.description(5) == DESCRIPTION
+  desc = ck.description(5)
+  assert {k: v for k, v in desc.items() if k != "integrity"} == DESCRIPTION
+  assert desc["integrity"]["signature"] == [["['params']['b']", [3], "int32"],
+                                            ["['params']['w']", [2, 3], "float32"],
+                                            ["['step']", [], "int32"]]
+  assert desc["integrity"]["sha256"] == checkpoints.digest(jax.device_get(STATE))
   abstract = jax.tree.map(jnp.zeros_like, STATE)
   state = ck.restore(5, abstract, DESCRIPTION)
   assert jax.tree.structure(state) == jax.tree.structure(STATE)
@@ -70,18 +75,19 @@ def test_restore_into_a_different_shape(saved):
   _, ck = saved
   bigger = {"params": {"w": jnp.zeros((3, 3)), "b": STATE["params"]["b"]},
             "step": STATE["step"]}
-  with pytest.raises(WorkdirError, match="does not fit this run's engine state: its parameters have "
-                     "another structure"):
+  with pytest.raises(WorkdirError, match=r"does not fit this run's engine state \(another "
+                     r"structure or shapes\): \['params'\]\['w'\]: checkpoint float32\[2, 3\], this run "
+                     r"float32\[3, 3\]$"):
     ck.restore(5, bigger, DESCRIPTION)
   missing = {"params": {"w": STATE["params"]["w"]}, "step": STATE["step"]}
-  with pytest.raises(WorkdirError, match="does not fit this run's engine state: its parameters have "
-                     "another structure"):
+  with pytest.raises(WorkdirError, match=r"does not fit this run's engine state \(another "
+                     r"structure or shapes\): \['params'\]\['b'\]: checkpoint int32\[3\], this run absent"):
     ck.restore(5, missing, DESCRIPTION)
 
 
 def test_missing_step_is_a_workdir_error(saved):
   _, ck = saved
-  with pytest.raises(WorkdirError, match="unreadable or incomplete"):
+  with pytest.raises(WorkdirError, match="99: no such step"):
     ck.description(99)
   assert ck.restore_extra(99) == {}
 
@@ -137,3 +143,50 @@ def test_legacy_descriptions_take_missing_fields_from_the_run():
   now = {"fields": {"data.source": "tfds", "data.tfds.name": "tvr/default", "data.fps": 0.5}}
   assert checkpoints.incompatible(engine, now, run) == []
   assert len(checkpoints.incompatible(engine, now, defaults.base_config())) == 3
+
+
+def _damage(directory: str) -> str:
+  """Overwrites bytes in the middle of the largest data file of a checkpoint step."""
+  files = [os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs
+           if "description" not in r and not f.startswith("_")]
+  path = max(files, key=os.path.getsize)
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.seek(size // 2)
+    f.write(os.urandom(min(64, max(1, size - size // 2))))
+  return path
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path):
+  wd = str(tmp_path)
+  with checkpoints.Checkpoints(wd, "sft", max_to_keep=3) as ck:
+    for step in (5, 10):
+      state = jax.tree.map(lambda x, s=step: x + s, STATE)
+      ck.save(step, state, DESCRIPTION)
+    ck.wait()
+  _damage(os.path.join(wd, "checkpoints", "sft", "10"))
+  with checkpoints.Checkpoints(wd, "sft") as ck:
+    with pytest.raises(checkpoints.DamagedCheckpoint, match=r"sft/10 is damaged"):
+      ck.restore(10, STATE, DESCRIPTION)
+    step, state = ck.restore_intact(STATE, DESCRIPTION)
+    assert step == 5
+    np.testing.assert_array_equal(state["params"]["w"], STATE["params"]["w"] + 5)
+    assert ck.all_steps() == [5]                      # 10 moved aside, its number free again
+  aside = os.listdir(os.path.join(wd, "checkpoints", "sft.damaged"))
+  assert len(aside) == 1 and aside[0].startswith("10-")
+
+
+def test_every_checkpoint_damaged_is_one_error_that_says_so(tmp_path):
+  wd = str(tmp_path)
+  with checkpoints.Checkpoints(wd, "grpo") as ck:
+    ck.save(3, STATE, DESCRIPTION)
+    ck.wait()
+  _damage(os.path.join(wd, "checkpoints", "grpo", "3"))
+  with checkpoints.Checkpoints(wd, "grpo") as ck:
+    with pytest.raises(checkpoints.DamagedCheckpoint) as e:
+      ck.restore_intact(STATE, DESCRIPTION)
+  msg = str(e.value)
+  assert "every checkpoint of grpo is damaged" in msg and "grpo/3 is damaged" in msg
+  assert "good" not in msg and "\n" not in msg and len(msg) < 1000
+  with checkpoints.Checkpoints(wd, "grpo") as ck:    # a fresh start is possible
+    assert ck.restore_intact(STATE, DESCRIPTION) == (None, STATE)

@@ -6,18 +6,67 @@ the run's abstract state) plus a short explicit list of meaning-changing config 
 stage (`Stage.meaning`), stored in the description. A field the writing code did not have
 takes today's default; a refusal names the field and both values. So a field added later,
 whose default keeps the old behaviour, never orphans a checkpoint.
+
+Integrity: every checkpoint's description holds the signature (path, shape, dtype of every
+leaf) and a SHA-256 of its state's arrays, computed from the host copy at save time. Restoring
+checks the signature's paths and shapes first (another structure: "does not fit", naming the
+leaf) and the digest
+after (a checkpoint that Orbax cannot read although its structure fits, or whose arrays differ
+from what was written: DamagedCheckpoint). A run resumes from the newest intact step of a loop
+(`restore_intact`), moving damaged steps aside into checkpoints/<name>.damaged/.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
-from vsr_jax import config_lib
+from vsr_jax import config_lib, hosts
 from vsr_jax.workdir import WorkdirError
+
+
+class DamagedCheckpoint(WorkdirError):
+  """A checkpoint whose files cannot be read or whose arrays are not those written."""
+
+
+def signature(state) -> list:
+  """[path, shape, dtype] of every leaf (arrays or abstract ShapeDtypeStructs alike)."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)   # as a restore sees it
+  return [[jax.tree_util.keystr(path), list(np.shape(leaf)),
+           str(np.dtype(getattr(leaf, "dtype", None) or np.asarray(leaf).dtype))]
+          for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]]
+
+
+def digest(host_state, dtypes=None) -> str:
+  """SHA-256 of the leaves' bytes in tree order (host numpy arrays), each cast to `dtypes`
+  (the saved signature's: a restore may cast, e.g. into a python int step) when given."""
+  h = hashlib.sha256()
+  leaves = jax.tree.leaves(host_state)
+  for i, leaf in enumerate(leaves):
+    a = np.asarray(leaf)
+    if dtypes is not None:
+      a = a.astype(dtypes[i], copy=False)
+    a = np.ascontiguousarray(a)
+    h.update(f"{a.dtype}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _first_difference(saved: list, current: list) -> str:
+  saved_by, current_by = {p: rest for p, *rest in saved}, {p: rest for p, *rest in current}
+  for path in sorted(set(saved_by) | set(current_by)):
+    a, b = saved_by.get(path), current_by.get(path)
+    if a is None or b is None or a[0] != b[0]:
+      return (f"{path}: checkpoint {'absent' if a is None else f'{a[1]}{a[0]}'}, this run "
+              f"{'absent' if b is None else f'{b[1]}{b[0]}'}")
+  return "the leaves' order"
 
 
 def field_value(config, path: str):
@@ -118,6 +167,10 @@ class Checkpoints:
     donated); the files are written in the background. A failed write is raised by the next
     save, wait() or close(). extra: host-side arrays needed to resume exactly (restored as
     saved, no template; never changed in place afterwards)."""
+    # The digest of what is written, from a host copy made now (the state may be donated as
+    # soon as this returns).
+    description = dict(description, integrity={"signature": signature(state),
+                                                "sha256": digest(hosts.fetch(state))})
     items = {"state": ocp.args.StandardSave(state),
              "description": ocp.args.JsonSave(description)}
     if extra:
@@ -139,12 +192,16 @@ class Checkpoints:
           f"checkpoint {self.directory}/{step}: unreadable resume data ({e})") from None
 
   def description(self, step: int) -> dict:
+    if not os.path.isdir(os.path.join(self.directory, str(step))):
+      raise WorkdirError(f"checkpoint {self.directory}/{step}: no such step (steps: "
+                         f"{self.all_steps() or 'none'})")
     try:
       return self.manager.restore(
           step, args=ocp.args.Composite(description=ocp.args.JsonRestore())).description
     except Exception as e:  # Orbax raises many types for damaged files
-      raise WorkdirError(
-          f"checkpoint {self.directory}/{step} is unreadable or incomplete ({e})") from None
+      raise DamagedCheckpoint(
+          f"checkpoint {self.directory}/{step} is damaged: its description is unreadable or "
+          f"incomplete ({_short(e)})") from None
 
   def restore(self, step: int, abstract_state, description: dict, defaults=None):
     """Restores into the shape of `abstract_state`; a checkpoint whose parameters mean
@@ -156,13 +213,59 @@ class Checkpoints:
           f"checkpoint {self.directory}/{step} was trained with other meaning-changing "
           f"fields ({'; '.join(differ)}); it cannot be restored into this run")
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    integrity = saved.get("integrity")      # (absent in checkpoints of older code)
+    # Structure and shapes must agree (dtypes are cast by Orbax, as a python int step is).
+    shapes = lambda sig: [leaf[:2] for leaf in sig]
+    if integrity and shapes(integrity["signature"]) != shapes(signature(target)):
+      raise WorkdirError(
+          f"checkpoint {self.directory}/{step} does not fit this run's {self.name} state "
+          "(another structure or shapes): "
+          + _first_difference(integrity["signature"], signature(target)))
     try:
-      return self.manager.restore(
+      state = self.manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     except Exception as e:
+      if integrity:      # the structure fits: the files are what is wrong
+        raise DamagedCheckpoint(f"checkpoint {self.directory}/{step} is damaged: Orbax cannot "
+                                f"read it ({_short(e)})") from None
       raise WorkdirError(
           f"checkpoint {self.directory}/{step} does not fit this run's {self.name} state: its "
-          f"parameters have another structure or shapes ({e})") from None
+          f"parameters have another structure or shapes ({_short(e)})") from None
+    dtypes = [np.dtype(leaf[2]) for leaf in integrity["signature"]] if integrity else None
+    if integrity and digest(hosts.fetch(state), dtypes) != integrity["sha256"]:
+      raise DamagedCheckpoint(f"checkpoint {self.directory}/{step} is damaged: its arrays "
+                              "differ from the digest written with them")
+    return state
+
+  def restore_intact(self, abstract_state, description: dict):
+    """(step, state) of the newest intact checkpoint, or (None, abstract_state) when there is
+    none. Damaged ones are moved aside with a one-line warning each; when every one is
+    damaged, DamagedCheckpoint names them (nothing is called good)."""
+    damaged = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return step, self.restore(step, abstract_state, description)
+      except DamagedCheckpoint as e:
+        logging.warning("%s; moved aside, trying an earlier step", e)
+        damaged.append(str(e))
+        self._quarantine(step)
+    if damaged:
+      raise DamagedCheckpoint(
+          f"every checkpoint of {self.name} is damaged ({len(damaged)}; moved to "
+          f"{self.directory}.damaged/): {damaged[0]}; the stage retrains from its start if "
+          "run again")
+    return None, abstract_state
+
+  def _quarantine(self, step: int) -> None:
+    """Moves step's folder to <folder>.damaged/<step>-<time> (kept for inspection; Orbax no
+    longer lists it, and the step can be written again)."""
+    def move():
+      aside = f"{self.directory}.damaged"
+      os.makedirs(aside, exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)),
+                 os.path.join(aside, f"{step}-{int(time.time())}"))
+    hosts.on_primary(move, f"quarantine {self.name}/{step}")
+    self.manager.reload()
 
   def _fallback(self):
     """Where a description lacks a field: the run's own config.json (what the code that wrote
@@ -176,3 +279,9 @@ class Checkpoints:
   def close(self):
     """Waits for the last save (raising its error) and releases Orbax's threads."""
     self.manager.close()
+
+
+def _short(e: Exception, limit: int = 300) -> str:
+  """An exception in one short line (Orbax's messages run to pages)."""
+  text = " ".join(f"{type(e).__name__}: {e}".split())
+  return text if len(text) <= limit else text[:limit] + " ..."

@@ -317,9 +317,8 @@ def run_loop(loop: Loop, ctx: Context) -> train_state.TrainState:
 def _train(loop: Loop, ctx: Context, ckpt: checkpoints.Checkpoints):
   config = ctx.config
   state = loop.state
-  latest = ckpt.latest_step()
+  latest, state = ckpt.restore_intact(state, loop.description)
   if latest is not None:
-    state = ckpt.restore(latest, state, loop.description)
     if loop.restore_extra:
       loop.restore_extra(ckpt.restore_extra(latest))
     logging.info("%s: restored checkpoint at step %d", loop.folder, latest)
