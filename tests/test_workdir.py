@@ -1,6 +1,7 @@
 """Tests for vsr_jax.workdir: config.json checks, checkpoints, publishing outputs."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -135,9 +136,11 @@ def test_publish_moves_outputs_metrics_last(tmp_path, monkeypatch):
                       lambda p: (events.append(("remove", os.path.basename(p))),
                                  real_remove(p))[1])
   workdir.publish(wd, staging)
-  assert events[0] == ("remove", "metrics.json")
-  assert events[-1] == ("replace", "metrics.json")
-  assert sorted(events[1:-1]) == [("replace", "predictions"),
+  assert events[0] == ("replace", workdir.JOURNAL)          # the journal (write_json)
+  assert events[1] == ("remove", "metrics.json")
+  assert events[-2] == ("replace", "metrics.json")
+  assert events[-1] == ("remove", workdir.JOURNAL)
+  assert sorted(events[2:-2]) == [("replace", "predictions"),
                                   ("replace", "tvr_submission.json")]
   assert not os.path.exists(staging)
   with open(os.path.join(wd, "metrics.json")) as f:
@@ -162,6 +165,77 @@ def test_crash_during_publish_leaves_no_metrics(tmp_path, monkeypatch):
     workdir.publish(wd, staging)
   # The stale metrics.json is gone: a mix of old and new outputs is never taken as complete.
   assert not os.path.exists(os.path.join(wd, "metrics.json"))
+
+
+def _outputs(wd) -> dict:
+  """Every output file of a workdir (relative path -> content), staging and journal aside."""
+  out = {}
+  for root, dirs, files in os.walk(wd):
+    dirs[:] = [d for d in dirs if d != ".staging"]
+    for f in files:
+      if not f.startswith(workdir.JOURNAL):    # the journal, or its temporary file
+        path = os.path.join(root, f)
+        out[os.path.relpath(path, wd)] = open(path).read()
+  return out
+
+
+def test_a_kill_at_any_instant_of_publish_leaves_one_complete_set(tmp_path, monkeypatch):
+  """Killed at each of publish's file operations in turn (injected): the workdir holds the
+  old complete set, or, after recover (what the next start does), the new one."""
+  def fresh(wd):
+    old_outputs(wd)
+    staging = make_staging(wd)
+    return staging
+
+  reference = str(tmp_path / "ref")
+  os.makedirs(reference)
+  fresh(reference)
+  old_set = {k: v for k, v in _outputs(reference).items()}
+  workdir.publish(reference, os.path.join(reference, ".staging"))
+  new_set = _outputs(reference)
+  assert new_set != old_set
+
+  class Killed(BaseException):
+    pass
+
+  real = {name: getattr(os, name) for name in ("replace", "remove")}
+  real_rmtree = shutil.rmtree
+  kills = 0
+  for k in range(20):
+    wd = str(tmp_path / f"k{k}")
+    os.makedirs(wd)
+    staging = fresh(wd)
+    calls = [0]
+
+    def counting(fn):
+      def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == k + 1:
+          raise Killed()
+        return fn(*args, **kwargs)
+      return wrapped
+
+    for name, fn in real.items():
+      monkeypatch.setattr(os, name, counting(fn))
+    monkeypatch.setattr(shutil, "rmtree", counting(real_rmtree))
+    try:
+      workdir.publish(wd, staging)
+      done = True
+    except Killed:
+      done = False
+    finally:
+      monkeypatch.undo()
+    if done:
+      break
+    kills += 1
+    after_kill = _outputs(wd)
+    if "metrics.json" in after_kill:      # metrics present: a complete set, old or new
+      assert after_kill in (old_set, new_set), k
+    workdir.recover(wd)
+    assert _outputs(wd) in (old_set, new_set), k
+    assert not [f for f in os.listdir(wd) if f.startswith(workdir.JOURNAL)]
+    assert workdir.staging_dir(wd)                    # a later evaluation can stage again
+  assert kills >= 6                                   # every operation of publish was hit
 
 
 def test_publish_into_an_empty_workdir(tmp_path):

@@ -128,6 +128,7 @@ def _span(span) -> str:
 def load(workdir: str) -> "Run":
   """A trained run (its config.json; a workdir without one is refused, naming the file)."""
   config = workdir_lib.read_config(workdir)
+  workdir_lib.recover(workdir)     # outputs a kill left half-published
   registry.import_extra(config)    # pieces the run registered from outside the package
   return Run(workdir, config)
 

@@ -45,6 +45,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.mesh)   # before the workdir is claimed: a bad mesh leaves
   sharding.check_batch_sizes(config, mesh)  # nothing behind
   workdir_lib.check(config, workdir, mode="train")
+  if os.path.isdir(workdir):   # outputs a kill left half-published are completed first
+    hosts.on_primary(lambda: workdir_lib.recover(workdir), "recover outputs")
   ctx = stages.Context.open(config, workdir, mesh=mesh,
                             splits=(config.data.train_split, config.data.eval_split))
   check_corpora(ctx)
@@ -80,6 +82,7 @@ def evaluate_workdir(config, workdir: str, eval_name: str = "") -> dict:
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_sizes(config, mesh, ("eval.batch_size",))
   workdir_lib.prepare(config, workdir, mode="eval")
+  hosts.on_primary(lambda: workdir_lib.recover(workdir), "recover outputs")
   at = stages.parse_checkpoint(config, workdir)
   ctx = stages.Context.open(config, workdir, mesh=mesh)
   check_corpora(ctx)

@@ -11,6 +11,7 @@ a half-written workdir for a complete one.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -171,29 +172,60 @@ def _get(tree: dict, path: str):
   return tree
 
 
-def publish(workdir: str, staging: str) -> None:
-  """Moves finished outputs from `staging` into the workdir, metrics.json last.
+# Written (atomically) once the new outputs are complete in the staging folder and before any
+# old output is touched: from then on the new set wins, and `recover` finishes moving it in.
+JOURNAL = ".publish.json"
 
-  metrics.json is removed first, so a crash in between leaves no metrics next to a mix of old
-  and new outputs.
+
+def publish(workdir: str, staging: str) -> None:
+  """Moves finished outputs from `staging` into the workdir as one set.
+
+  A journal naming the staged outputs is written first; then metrics.json is removed, the
+  outputs are moved in and metrics.json comes last. A kill at any instant leaves either the
+  previous complete set (no journal yet) or a journal with which `recover` (run at the next
+  start, evaluation or api.load) completes the new set; in between, no metrics.json stands
+  next to a mix of old and new outputs.
   """
   if not os.path.isfile(os.path.join(staging, "metrics.json")):
     raise WorkdirError(f"{staging} has no metrics.json: refusing to publish incomplete outputs")
+  write_json(os.path.join(workdir, JOURNAL),
+             {"staging": os.path.relpath(staging, workdir), "names": sorted(os.listdir(staging))})
+  _roll_forward(workdir)
+
+
+def recover(workdir: str) -> bool:
+  """Completes a publication a kill interrupted (see publish); True if there was one."""
+  for stale in glob.glob(os.path.join(glob.escape(workdir), JOURNAL + ".tmp-*")):
+    os.remove(stale)                # a journal killed while being written: nothing began
+  if not os.path.isfile(os.path.join(workdir, JOURNAL)):
+    return False
+  logging.warning("%s: completing the publication of outputs that was interrupted", workdir)
+  _roll_forward(workdir)
+  return True
+
+
+def _roll_forward(workdir: str) -> None:
+  journal = read_json(os.path.join(workdir, JOURNAL))
+  staging = os.path.join(workdir, journal["staging"])
   metrics = os.path.join(workdir, "metrics.json")
-  if os.path.exists(metrics):
-    os.remove(metrics)
-  for name in sorted(os.listdir(staging)):
-    if name == "metrics.json":
-      continue
+  if os.path.exists(os.path.join(staging, "metrics.json")) and os.path.exists(metrics):
+    os.remove(metrics)              # not yet moved in: the old one must not stand meanwhile
+  for name in journal["names"]:
+    source = os.path.join(staging, name)
+    if name == "metrics.json" or not os.path.exists(source):
+      continue                      # metrics last; a name already moved by an earlier try
     target = os.path.join(workdir, name)
     if os.path.isdir(target):
       shutil.rmtree(target)
-    os.replace(os.path.join(staging, name), target)
-  os.replace(os.path.join(staging, "metrics.json"), metrics)
+    os.replace(source, target)
+  if os.path.exists(os.path.join(staging, "metrics.json")):
+    os.replace(os.path.join(staging, "metrics.json"), metrics)
   shutil.rmtree(staging, ignore_errors=True)
+  os.remove(os.path.join(workdir, JOURNAL))
 
 
 def staging_dir(workdir: str) -> str:
+  recover(workdir)          # a pending publication's staged outputs are the newest set
   path = os.path.join(workdir, ".staging")
   shutil.rmtree(path, ignore_errors=True)
   os.makedirs(path)
