@@ -35,7 +35,8 @@ setuptools.setup(
     ],
     extras_require={
         # The notebook (experiments/inspect_run.ipynb) runs in the test suite through nbclient.
-        "test": ["pytest>=9.2.0,<10", "pytest-xdist>=3.8.0,<4", "nbclient>=0.11.0,<0.12",
+        "test": ["pytest>=9.2.0,<10", "pytest-xdist>=3.8.0,<4", "hypothesis>=6.170,<7",
+                 "nbclient>=0.11.0,<0.12",
                  "nbformat>=5.11.1,<6", "ipykernel>=7.4.0,<8"],
         # JAX's own accelerator extras (pip install -e .[cuda] / .[cuda12] / .[tpu]).
         "cuda": ["jax[cuda13]"],   # NVIDIA GPU, CUDA 13 wheels (JAX's recommended GPU install)

@@ -1,5 +1,6 @@
 """One XLA compilation cache for the whole test session, programs compiled without LLVM's
-optimisations, and the slowest tests first.
+optimisations, the slowest tests first, and hypothesis's property tests reproducible
+(derandomized: every run draws the same examples; no example database in the checkout).
 
 Most of a smoke run's time here is compiling (measured: a :smoke main run 215 s cold, 39 s with
 its programs in JAX's persistent cache). Many tests train or evaluate the same smoke programs —
@@ -11,6 +12,12 @@ JAX_COMPILATION_CACHE_DIR already set by the user is used as it is and kept.
 import os
 import shutil
 import tempfile
+
+import hypothesis
+
+hypothesis.settings.register_profile("vsr_jax", derandomize=True, database=None, deadline=None,
+                                     max_examples=60, print_blob=True)
+hypothesis.settings.load_profile("vsr_jax")
 
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 OWNED = "VSR_JAX_TEST_OWNS_CACHE"

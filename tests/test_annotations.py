@@ -197,3 +197,51 @@ def test_parse_row_directly():
   assert counts == {"end_clipped_to_duration": 1}
   with pytest.raises(AnnotationError, match="^there: "):
     A.parse_row({"video": "v"}, "there", counts)
+
+
+# ------------------------------------------------------------------ properties (hypothesis)
+
+from hypothesis import given, strategies as st   # noqa: E402  pylint: disable=g-import-not-at-top
+
+_TIMES = st.floats(-20, 80, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def timed_rows(draw):
+  """(start, end, duration) rows; about one in ten reversed."""
+  out = []
+  for _ in range(draw(st.integers(1, 8))):
+    a, b = sorted((draw(_TIMES), draw(_TIMES)))
+    if draw(st.integers(0, 9)) == 0 and a < b:
+      a, b = b, a
+    out.append((a, b, draw(st.floats(0.5, 60))))
+  return out
+
+
+@given(timed_rows())
+def test_reader_on_generated_rows_with_every_timing_quirk(tmp_path_factory, rows):
+  """Starts below 0, ends past the video, moments after its end, of no length, reversed:
+  a reversed row is an error naming its line; otherwise every kept moment lies within its
+  video with a length, and every row is either kept or dropped and named."""
+  path = write_lines(tmp_path_factory.mktemp("gen"), [
+      row(desc_id=i, video=f"V{i}", time=[s, e], duration=d) for i, (s, e, d) in
+      enumerate(rows)])
+  reversed_rows = [i for i, (s, e, _) in enumerate(rows) if s > e]
+  if reversed_rows:
+    with pytest.raises(AnnotationError, match=f":{reversed_rows[0] + 1}: .*reversed"):
+      A.read_verified(path)
+    return
+  kept = [i for i, (s, e, d) in enumerate(rows) if s < d and min(e, d) > max(s, 0.0)]
+  if not kept:
+    with pytest.raises(AnnotationError, match="no annotation rows"):
+      A.read_verified(path)
+    return
+  moments, counts = A.read_verified(path)
+  assert [m.desc_id for m in moments] == kept
+  for m in moments:
+    s, e, d = rows[m.desc_id]
+    assert 0.0 <= m.start < m.end <= m.duration == d
+    assert (m.start, m.end) == (max(s, 0.0), min(e, d))
+  assert len(counts.dropped) == len(rows) - len(kept) and counts["rows"] == len(kept)
+  assert counts["start_clipped_to_0"] == sum(rows[i][0] < 0 for i in kept)
+  assert counts["end_clipped_to_duration"] == sum(rows[i][1] > rows[i][2] for i in kept)

@@ -1,4 +1,5 @@
 """Tests for vsr_jax.engine.index: ExactIndex (one device and sharded) and ScannIndex."""
+import functools
 import importlib.util
 import json
 import os
@@ -6,11 +7,14 @@ import subprocess
 import sys
 import textwrap
 
+import hypothesis
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from vsr_jax import config_lib, sharding
 from vsr_jax.config_lib import ConfigError
@@ -218,6 +222,27 @@ def test_sharded_exact_index_equals_unsharded():
     assert out["scann"]["shards"] == 4 and not out["scann"]["host_vectors"]
     np.testing.assert_array_equal(out["scann"]["rank"], franks)
     np.testing.assert_array_equal(out["scann"]["i"], float_brute_force(fv, fq, 3)[0][1])
+
+
+@functools.lru_cache(maxsize=None)
+def _exact_fn(k):
+  return jax.jit(lambda v, q, g: index_lib.ExactIndex(v, v.shape[0]).search_and_rank(q, k, g))
+
+
+@hypothesis.given(
+    hnp.arrays(np.int8, (12, 4), elements=st.integers(-2, 2)),
+    hnp.arrays(np.int8, (5, 4), elements=st.integers(-2, 2)),
+    hnp.arrays(np.int32, (5,), elements=st.integers(0, 11)),
+    st.sampled_from([1, 4, 12]))
+def test_exact_top_k_and_ranks_against_numpy_on_random_corpora_with_ties(v, q, gt, k):
+  """Small integer vectors (exact float sums): many scores tie, and ties go to the lower id
+  in the list and in the rank alike."""
+  s, i, r = _exact_fn(k)(jnp.asarray(v, jnp.float32), jnp.asarray(q, jnp.float32),
+                         jnp.asarray(gt))
+  bs, bi, brank = brute_force(v, q, k, gt)
+  np.testing.assert_array_equal(i, bi)
+  np.testing.assert_array_equal(s, bs)
+  np.testing.assert_array_equal(r, brank)
 
 
 # ----------------------------------------------------------------------------- ScaNN

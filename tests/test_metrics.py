@@ -481,3 +481,96 @@ def test_randomized_against_naive():
   for key in want:
     assert got[key] == pytest.approx(want[key], abs=1e-12), key
   assert got["vcmr_r1_iou0.3"] > 0
+
+
+# ------------------------------------------------------------------ properties (hypothesis)
+
+from hypothesis import given, strategies as st   # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _span(draw, lo=0.0, hi=50.0):
+  a = draw(st.floats(lo, hi, allow_nan=False))
+  b = draw(st.floats(lo, hi, allow_nan=False))
+  return (min(a, b), max(a, b))
+
+
+@st.composite
+def spans(draw):
+  return _span(draw)
+
+
+@given(spans(), spans())
+def test_iou_is_a_symmetric_ratio_of_measures(p, g):
+  iou = float(M.temporal_iou(np.array(p), np.array(g)))
+  assert 0.0 <= iou <= 1.0
+  assert iou == float(M.temporal_iou(np.array(g), np.array(p)))
+  inter = max(0.0, min(p[1], g[1]) - max(p[0], g[0]))
+  union = (p[1] - p[0]) + (g[1] - g[0]) - inter
+  expect = inter / union if inter > 0 else 0.0
+  assert iou == pytest.approx(expect, rel=1e-9, abs=1e-12)
+  if p[1] > p[0]:
+    assert float(M.temporal_iou(np.array(p), np.array(p))) == 1.0
+
+
+@st.composite
+def fig_rows(draw):
+  q = draw(st.integers(1, 12))
+  final = draw(st.lists(st.integers(1, 150), min_size=q, max_size=q))
+  orig = draw(st.lists(st.integers(1, 150), min_size=q, max_size=q))
+  answer = draw(st.lists(st.booleans(), min_size=q, max_size=q))
+  pred = [_span(draw) for _ in range(q)]
+  gt = [_span(draw) for _ in range(q)]
+  return np.array(final), np.array(orig), np.array(answer), np.array(pred), np.array(gt)
+
+
+@given(fig_rows())
+def test_fig_metrics_against_a_brute_force_reference(rows):
+  """The gating (a grounding counts only when the top-1 is the ground truth AND the verdict
+  is 'matched'), R@k, MRR and mean rank, query by query in plain Python."""
+  final, orig, answer, pred, gt = rows
+  m = M.fig_metrics(final_rank=final, orig_rank=orig, answer=answer, pred_time=pred,
+                    gt_time=gt)
+  q = len(final)
+  ious = []
+  for (ps, pe), (gs, ge) in zip(pred, gt):
+    inter = max(0.0, min(pe, ge) - max(ps, gs))
+    union = (pe - ps) + (ge - gs) - inter
+    ious.append(inter / union if inter > 0 else 0.0)
+  gate = [f == 1 and a for f, a in zip(final, answer)]
+  for theta in M.IOU_THRESHOLDS:
+    want = sum(g and i >= theta - 1e-9 for g, i in zip(gate, ious)) / q
+    assert m[f"vcmr_r1_iou{theta}"] == pytest.approx(want)
+  assert m["miou_r1"] == pytest.approx(sum(i for g, i in zip(gate, ious) if g) / q)
+  assert m["ver_acc"] == pytest.approx(sum(a == (f == 1) for f, a in zip(final, answer)) / q)
+  for prefix, ranks in (("", final), ("orig_", orig)):
+    for k in M.RECALL_KS:
+      assert m[f"{prefix}vr_r{k}"] == pytest.approx(sum(r <= k for r in ranks) / q)
+    assert m[f"{prefix}mrr"] == pytest.approx(sum(1 / r for r in ranks) / q)
+    assert m[f"{prefix}mean_rank"] == pytest.approx(sum(ranks) / q)
+
+
+@st.composite
+def didemo_query(draw):
+  m = draw(st.integers(1, 6))                       # annotated windows
+  windows = np.array([_span(draw, 0, 30) for _ in range(m)])
+  windows[:, 1] = np.maximum(windows[:, 1], windows[:, 0] + 0.5)   # each has a length
+  n = draw(st.integers(1, 5))
+  rows = np.array([[draw(st.integers(0, 2)), *_span(draw, 0, 30), 1.0 / (i + 1)]
+                   for i in range(n)])
+  return rows, windows
+
+
+@given(didemo_query())
+def test_tvr_moment_recall_follows_the_two_of_four_rule(query):
+  """With >= 4 annotated windows a prediction must agree (IoU >= theta) with at least 2 of
+  them; with fewer, with any one; and be in the ground-truth video (0)."""
+  rows, windows = query
+  got = M.tvr_metrics(vcmr=[rows], svmr=None, vr=None, gt_video=[0], gt_windows=[windows],
+                      ks=(1, 5), thresholds=(0.5,))
+  hits = []
+  for video, s, e, _ in rows[:100]:
+    agree = sum(float(M.temporal_iou(np.array([s, e]), w)) >= 0.5 - 1e-9 for w in windows)
+    need = 2 if len(windows) >= 4 else 1
+    hits.append(video == 0 and agree >= need)
+  for k in (1, 5):
+    assert got[f"tvr_vcmr_r{k}_iou0.5"] == float(any(hits[:k]))
