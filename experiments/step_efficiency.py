@@ -374,8 +374,9 @@ def stage_loop(ctx, name: str):
 
 def measure(ctx, name: str, steps: int, warmup: int, profile_steps: int) -> dict:
   loop = stage_loop(ctx, name)
-  batch = loop.batch_fn(0, loop.state)
-  compiled, seconds, state = time_step(loop.step_fn, loop.state, batch, steps, warmup)
+  state0 = loop.initial_state()
+  batch = loop.batch_fn(0, state0)
+  compiled, seconds, state = time_step(loop.step_fn, state0, batch, steps, warmup)
   kernel_seconds = {}
   if profile_steps:
     kernel_seconds, state = profile_kernels(compiled, loop.step_fn, state, batch, profile_steps)

@@ -264,7 +264,7 @@ def test_sft_step_trains_the_agent_and_leaves_the_engine_alone(loss_setup, monke
                        cache={"train_retrieval": retrieval})
   stage = registry.STAGES.get("sft").loop(ctx)
   assert stage.folder == "sft"
-  state = stage.state
+  state = stage.initial_state()
   start = jax.tree.map(np.array, state.params)
   for step in range(2):               # step 0 has learning rate 0 (linear warm-up from 0)
     state, metrics = stage.step_fn(state, stage.batch_fn(step, state), jax.random.key(step))

@@ -166,16 +166,35 @@ class Loop:
   """One checkpointed optimisation loop of a stage."""
   folder: str                     # checkpoint folder, log prefix
   steps: int
-  state: train_state.TrainState   # the initial state (also the restore template)
+  # The initial state: `init(*init_args)`, a pure function that run_loop shapes with
+  # jax.eval_shape and computes in a jit whose outputs are already sharded by config.mesh.params
+  # (a large state is never whole on one device; init_args: its arrays, not closed over as
+  # constants); or, for a state that cannot be made under jit (weights read from files), the
+  # state itself.
+  state: train_state.TrainState | None
   description: dict               # stored with each checkpoint (checkpoints.describe)
   step_fn: Callable               # (state, batch, rng) -> (state, metrics)
   batch_fn: Callable              # (step, state) -> host batch (dict of arrays)
+  init: Callable | None = None
+  init_args: tuple = ()
   extra_fn: Callable | None = None      # () -> host arrays saved to resume exactly
   restore_extra: Callable | None = None  # (saved arrays) -> None
   # step -> whether batch_fn reads `state`, or changes what extra_fn returns, at that step.
   # Those batches are made in turn with the current state; the others may be made ahead by a
   # thread, with state=None. The default (every step) prepares nothing ahead.
   reads_state: Callable[[int], bool] = _every_step
+
+  def abstract_state(self):
+    """The initial state's shapes and dtypes (nothing computed)."""
+    if self.init is not None:
+      return jax.eval_shape(self.init, *self.init_args)
+    return jax.eval_shape(lambda s: s, self.state)
+
+  def initial_state(self, shardings=None):
+    """The initial state, placed by `shardings` (a tree like abstract_state's) when given."""
+    if self.init is not None:
+      return jax.jit(self.init, out_shardings=shardings)(*self.init_args)
+    return self.state if shardings is None else jax.device_put(self.state, shardings)
 
 
 class _Failed:
@@ -316,18 +335,23 @@ def run_loop(loop: Loop, ctx: Context) -> train_state.TrainState:
 
 def _train(loop: Loop, ctx: Context, ckpt: checkpoints.Checkpoints):
   config = ctx.config
-  state = loop.state
-  latest, state = ckpt.restore_intact(state, loop.description)
+  mesh = ctx.mesh or sharding.make_mesh(config.mesh)
+  # Parameters and optimizer state by config.mesh.params (replicated, or split over 'model'),
+  # from the state's shapes alone: restored or made directly into their shards.
+  abstract = loop.abstract_state()
+  shardings = sharding.param_shardings(abstract, mesh, config.mesh.params)
+  target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                        abstract, shardings)
+  latest, state = ckpt.restore_intact(target, loop.description)
   if latest is not None:
     if loop.restore_extra:
       loop.restore_extra(ckpt.restore_extra(latest))
     logging.info("%s: restored checkpoint at step %d", loop.folder, latest)
+  else:
+    state = loop.initial_state(shardings)
   start = int(state.step)
   if start >= loop.steps:
     return state
-  mesh = ctx.mesh or sharding.make_mesh(config.mesh)
-  # Parameters and optimizer state by config.mesh.params (replicated, or split over 'model').
-  state = jax.device_put(state, sharding.param_shardings(state, mesh, config.mesh.params))
   data_sharding = sharding.batch_sharded(mesh)
   base_rng = jax.random.PRNGKey(config.seed + zlib.crc32(loop.folder.encode()) % 10_000)
   progress = Progress(loop.folder, loop.steps, "steps", config.log.progress_seconds)

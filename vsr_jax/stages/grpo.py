@@ -80,8 +80,7 @@ class GrpoStage(AgentStage):
     corpus = Corpus.from_split(index_lib.ExactIndex.build(retrieval.videos, ctx.mesh), split,
                                ctx.mesh)
     spec = episode_config(config, turns=cfg.turns, mode="sample", refine=self.refiner(config))
-    state = train_state.TrainState.create(apply_fn=agent.apply, params=ref_params,
-                                          tx=self.optimizer(config))
+    tx = self.optimizer(config)
     queries = grpo_queries(retrieval.top_ids[:, 0] == split.video_index, cfg, config.seed)
 
     def batch_fn(step, state):
@@ -98,7 +97,10 @@ class GrpoStage(AgentStage):
             agent, engine, engine_params, ref_params, corpus, spec, cfg)(state, batch, rng),
         donate_argnums=0)
     step_fn = functools.partial(train_step, corpus=corpus)
-    return base.Loop(folder=self.name, steps=cfg.steps, state=state,
+    return base.Loop(folder=self.name, steps=cfg.steps, state=None,
+                     init=lambda p: train_state.TrainState.create(apply_fn=agent.apply,
+                                                                  params=p, tx=tx),
+                     init_args=(ref_params,),
                      description=self.describe(config, self.name), step_fn=step_fn,
                      batch_fn=batch_fn, reads_state=lambda step: False)   # made ahead
 

@@ -170,7 +170,8 @@ class SftStage(AgentStage):
       return state.apply_gradients(grads=grads), metrics
 
     return base.Loop(folder=self.name, steps=cfg.steps,
-                     state=self.fresh_state(ctx, engine_params),
+                     state=None, init=lambda ep: self.fresh_state(ctx, ep),
+                     init_args=(engine_params,),
                      description=self.describe(config, self.name), step_fn=step_fn,
                      batch_fn=batch_fn, reads_state=lambda step: False)   # made ahead
 
