@@ -12,9 +12,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load(name):
-  # Both scripts define --config (as vsr_jax.main does): the later definition replaces it.
-  if "config" in flags.FLAGS:
-    delattr(flags.FLAGS, "config")
+  # The scripts define --config (as vsr_jax.main does) and --seed (as soak.py does): the
+  # later definition replaces the earlier.
+  for flag in ("config", "seed"):
+    if flag in flags.FLAGS:
+      delattr(flags.FLAGS, flag)
   spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "experiments",
                                                                    f"{name}.py"))
   module = importlib.util.module_from_spec(spec)

@@ -1,0 +1,151 @@
+"""Kill-and-resume soak: a run killed with SIGKILL at random instants, resumed each time, must
+end with the outputs of an uninterrupted run, byte for byte.
+
+  python experiments/soak.py --workdir=DIR [--kills=25] [--seed=0] \
+      [--config=configs/synthetic.py:smoke] [--damage=0.0]
+
+1. DIR/reference: the config run once, uninterrupted (its wall time sets the kill window).
+2. DIR/soak: the same command started again and again; each start is killed (SIGKILL, the
+   whole process group) after a delay drawn uniformly from [0, the reference's wall time]
+   (numpy's default_rng(seed)); a start that finishes before its kill ends the killing early.
+   Then it runs to the end.
+3. The outputs (metrics.json, tvr_submission.json, predictions/, submissions/) are compared
+   with the reference's byte for byte.
+
+--damage=P: after each kill, with probability P, bytes in a random file of a random checkpoint
+step are overwritten; the resumed run must then either recover from an intact checkpoint (the
+same final outputs) or stop with the one-line "damaged" error (counted; the soak then deletes
+that stage's checkpoints, as a user would, and goes on).
+
+Prints the kills that landed, the damaged checkpoints recovered vs stopped cleanly, and whether
+the outputs are identical; exits 1 if they are not.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+flags.DEFINE_string("workdir", None, "Folder of the reference and soaked runs.")
+flags.DEFINE_string("config", os.path.join(REPO, "configs", "synthetic.py") + ":smoke",
+                    "Config file[:preset] of the run.")
+flags.DEFINE_integer("kills", 25, "SIGKILLs to deliver.")
+flags.DEFINE_integer("seed", 0, "Seed of the kill instants (and of the damage).")
+flags.DEFINE_float("damage", 0.0, "Probability of damaging a checkpoint after a kill.")
+flags.mark_flag_as_required("workdir")
+FLAGS = flags.FLAGS
+
+OUTPUTS = ("metrics.json", "tvr_submission.json", "predictions", "submissions")
+
+
+def command(config: str, workdir: str) -> list[str]:
+  # The data goes next to the runs (one generation for both) so every start reads the same.
+  return [sys.executable, "-m", "vsr_jax.main", f"--config={config}", f"--workdir={workdir}",
+          f"--config.data.dir={os.path.join(os.path.dirname(workdir), 'data')}"]
+
+
+def differences(a: str, b: str) -> list[str]:
+  """Output files (relative paths) that differ between two workdirs, or exist in one only."""
+  out = []
+  for name in OUTPUTS:
+    pa, pb = os.path.join(a, name), os.path.join(b, name)
+    if os.path.isdir(pa) or os.path.isdir(pb):
+      fa = sorted(os.listdir(pa)) if os.path.isdir(pa) else []
+      fb = sorted(os.listdir(pb)) if os.path.isdir(pb) else []
+      for f in sorted(set(fa) | set(fb)):
+        if f not in fa or f not in fb or not filecmp.cmp(os.path.join(pa, f),
+                                                         os.path.join(pb, f), shallow=False):
+          out.append(os.path.join(name, f))
+    elif not (os.path.isfile(pa) and os.path.isfile(pb)
+              and filecmp.cmp(pa, pb, shallow=False)):
+      out.append(name)
+  return out
+
+
+def damage_one(workdir: str, rng) -> str | None:
+  """Overwrites 64 bytes in the middle of a random file of a random checkpoint step."""
+  steps = [os.path.join(root, d) for root, dirs, _ in os.walk(os.path.join(workdir,
+                                                                         "checkpoints"))
+           for d in dirs if d.isdigit() and not root.endswith(".damaged")]
+  if not steps:
+    return None
+  step = steps[rng.integers(len(steps))]
+  files = sorted(os.path.join(r, f) for r, _, fs in os.walk(step) for f in fs
+                 if os.path.getsize(os.path.join(r, f)) > 0)
+  if not files:
+    return None
+  path = files[rng.integers(len(files))]
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.seek(size // 2)
+    f.write(rng.bytes(min(64, size - size // 2)))
+  return path
+
+
+def run(cmd: list[str], timeout: float | None = None):
+  """(return code or None if killed at `timeout`, stderr tail)."""
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True)
+  try:
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err[-2000:]
+  except subprocess.TimeoutExpired:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    return None, ""
+
+
+def main(argv):
+  del argv
+  rng = np.random.default_rng(FLAGS.seed)
+  ref, soak = (os.path.join(FLAGS.workdir, n) for n in ("reference", "soak"))
+  start = time.perf_counter()
+  if not os.path.isfile(os.path.join(ref, "metrics.json")):
+    code, err = run(command(FLAGS.config, ref))
+    if code != 0:
+      raise SystemExit(f"the reference run failed ({code}): {err}")
+  window = time.perf_counter() - start
+  print(f"reference: {window:.0f} s")
+  shutil.rmtree(soak, ignore_errors=True)
+  landed = recovered = stopped = 0
+  for _ in range(FLAGS.kills):
+    code, err = run(command(FLAGS.config, soak), timeout=float(rng.uniform(0, window)))
+    if code is not None:
+      if code != 0 and "damaged" in err:
+        stopped += 1
+        recovered -= 1
+        shutil.rmtree(os.path.join(soak, "checkpoints"))      # what a user does: retrain
+        continue
+      if code != 0:
+        raise SystemExit(f"a resumed start failed ({code}): {err}")
+      break                      # finished before its kill
+    landed += 1
+    if FLAGS.damage and rng.uniform() < FLAGS.damage and damage_one(soak, rng):
+      recovered += 1             # counted back below if it stops instead
+  while True:
+    code, err = run(command(FLAGS.config, soak))
+    if code == 0:
+      break
+    if "damaged" not in err:
+      raise SystemExit(f"the final start failed ({code}): {err}")
+    stopped += 1
+    recovered -= 1
+    shutil.rmtree(os.path.join(soak, "checkpoints"))
+  diff = differences(ref, soak)
+  print(f"seed {FLAGS.seed}: {landed} kills landed of {FLAGS.kills}; damaged checkpoints: "
+        f"{max(recovered, 0)} recovered, {stopped} stopped with the 'damaged' error; outputs "
+        + ("identical to the uninterrupted run" if not diff else f"DIFFER: {diff}"))
+  sys.exit(1 if diff else 0)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,51 @@
+"""Tests for experiments/soak.py's helpers: the output comparison and the checkpoint damage.
+(The soak itself is a script: a 3-kill soak of the smoke run takes minutes.)"""
+import importlib.util
+import os
+
+import numpy as np
+from absl import flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load():
+  for name in ("workdir", "config", "kills", "seed", "damage"):
+    if name in flags.FLAGS:
+      delattr(flags.FLAGS, name)
+  spec = importlib.util.spec_from_file_location("soak", os.path.join(REPO, "experiments",
+                                                                     "soak.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+soak = load()
+
+
+def write(root, files: dict):
+  for rel, text in files.items():
+    path = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      f.write(text)
+
+
+def test_differences_names_every_output_that_is_not_byte_identical(tmp_path):
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  same = {"metrics.json": "{}", "predictions/x.jsonl": "1", "submissions/x.tvr.json": "s"}
+  write(a, dict(same, **{"tvr_submission.json": "t", "predictions/only_a.jsonl": "z"}))
+  write(b, dict(same, **{"tvr_submission.json": "T", "log.txt": "not an output"}))
+  assert soak.differences(a, b) == ["tvr_submission.json", "predictions/only_a.jsonl"]
+  write(b, {"tvr_submission.json": "t", "predictions/only_a.jsonl": "z"})
+  assert soak.differences(a, b) == []
+
+
+def test_damage_changes_one_file_of_one_checkpoint_step(tmp_path):
+  wd = str(tmp_path)
+  write(wd, {"checkpoints/sft/5/state/data": "x" * 200, "checkpoints/sft.damaged/3/d": "y",
+             "metrics.json": "{}"})
+  path = soak.damage_one(wd, np.random.default_rng(0))
+  assert path == os.path.join(wd, "checkpoints/sft/5/state/data")
+  assert open(path, "rb").read() != b"x" * 200 and os.path.getsize(path) == 200
+  assert soak.damage_one(str(tmp_path / "none"), np.random.default_rng(0)) is None
