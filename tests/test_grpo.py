@@ -313,33 +313,11 @@ def test_replay_at_the_sampling_params_gives_the_old_log_probs(world, rollout_fn
   assert float(stats["kl"]) < 1e-6                 # the reference is the sampling policy
 
 
-def test_mu_1_step_equals_a_step_on_grpo_loss(world, loss_setup):
-  """At mu = 1 the one update is at the sampling params (ratio 1): grpo_loss's gradient."""
-  params, loss_and_grad, cfg = loss_setup
-  assert cfg.updates_per_batch == 1
-  other = random_params(jax.eval_shape(lambda p: p, params), 5)
-  state = train_state.TrainState.create(apply_fn=world.agent.apply, params=params,
-                                        tx=optax.sgd(1.0))     # new params = params - grads
-  step = jax.jit(grpo.make_train_step(world.agent, world.engine, world.engine_params, other,
-                                      world.corpus, world.spec, cfg))
-  rng = jax.random.key(1)
-  new_state, metrics = step(state, world.batch, rng)
-  (loss, expect), grads = loss_and_grad(params, other, rng)
-  by_hand = state.apply_gradients(grads=grads)
-  assert int(new_state.step) == 1
-  assert float(optax.tree.norm(grads)) > 0
-  np.testing.assert_allclose(float(metrics["grad_norm"]), float(optax.tree.norm(grads)),
-                             rtol=1e-5)
-  for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(by_hand.params)):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
-  assert float(metrics["clip_frac"]) == 0.0
-  for k, v in expect.items():
-    np.testing.assert_allclose(float(metrics[k]), float(v), rtol=1e-5, atol=1e-7, err_msg=k)
-
-
-def test_later_updates_clip_against_the_sampling_policy(world, rollout_fns):
-  """mu = 3 at a large learning rate: from the second update on the ratio leaves 1, clipping
-  engages, and a clipped action's surrogate has no gradient (NumPy reference: np_surrogate).
+def test_later_updates_clip_against_the_sampling_policy(world, rollout_fns, loss_setup):
+  """mu = 3 at a large learning rate: the first update is at the sampling params (ratio 1:
+  grpo_loss's gradient, as a mu = 1 step is; the step is one scan of mu updates), from the
+  second update on the ratio leaves 1, clipping engages, and a clipped action's surrogate has
+  no gradient (NumPy reference: np_surrogate).
   (SGD, whose update is linear in the gradient, so the step and the hand-written updates agree
   closely; at 0.05 the ratios move to about 0.7 .. 1.4, while far larger steps send the
   sigma-0.05 latents' ratios to 0.)"""
@@ -370,7 +348,9 @@ def test_later_updates_clip_against_the_sampling_policy(world, rollout_fns):
   adv = np.broadcast_to(np.asarray(rollouts["adv"], np.float64)[..., None], old.shape)
   mask = np.asarray(rollouts["mask"]) > 0
   clip_fracs = []
-  for _ in range(cfg.updates_per_batch):
+  _, loss_and_grad, _ = loss_setup
+  (_, at_sampling), grads = loss_and_grad(w.params, w.params, rng)
+  for i in range(cfg.updates_per_batch):
     logp = replay(state.params, forced, rng)
     g = np.asarray(dloss_dlogp(logp))
     lp = np.asarray(logp, np.float64)
@@ -382,6 +362,15 @@ def test_later_updates_clip_against_the_sampling_policy(world, rollout_fns):
     assert (g[mask & (adv != 0) & ~np_clipped] != 0).all()
     assert (g[~mask] == 0).all()
     state, stats = update(state)
+    if i == 0:       # one SGD step on grpo_loss's gradient, with its metrics
+      for got, p, g in zip(jax.tree.leaves(state.params), jax.tree.leaves(w.params),
+                           jax.tree.leaves(grads)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(p - 0.05 * g), rtol=1e-5,
+                                   atol=1e-7)
+      for k in ("clip_frac", "kl"):
+        if k in at_sampling and k in stats:
+          np.testing.assert_allclose(float(stats[k]), float(at_sampling[k]), rtol=1e-5,
+                                     atol=1e-7, err_msg=k)
     np.testing.assert_allclose(float(stats["clip_frac"]), np_clipped.sum() / mask.sum(),
                                rtol=1e-6)
     clip_fracs.append(float(stats["clip_frac"]))
