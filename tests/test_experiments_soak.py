@@ -10,13 +10,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load():
-  for name in ("workdir", "config", "kills", "seed", "damage"):
-    if name in flags.FLAGS:
-      delattr(flags.FLAGS, name)
+  """The script as a module, its absl flags (--workdir, --config, ... as vsr_jax.main and
+  vsr_jax.sweep define them) taken out of the global registry again afterwards."""
+  saved = {n: flags.FLAGS[n] for n in ("workdir", "config", "kills", "seed", "damage")
+           if n in flags.FLAGS}
+  for name in saved:
+    delattr(flags.FLAGS, name)
   spec = importlib.util.spec_from_file_location("soak", os.path.join(REPO, "experiments",
                                                                      "soak.py"))
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    for name in ("workdir", "config", "kills", "seed", "damage"):
+      if name in flags.FLAGS:
+        delattr(flags.FLAGS, name)
+    for name, flag in saved.items():
+      flags.FLAGS[name] = flag
   return module
 
 
