@@ -95,7 +95,7 @@ def _state():
 def joined() -> int:
   """The processes joined so far (1 before initialize), without starting the devices (which
   jax.process_count() would, and that must wait for initialize)."""
-  return _state().num_processes or 1
+  return getattr(_state(), "num_processes", None) or 1
 
 
 # Barriers wait on the coordination service, not on a device collective: process 0 may make
