@@ -72,13 +72,17 @@ def differences(a: str, b: str) -> list[str]:
 
 
 def damage_one(workdir: str, rng) -> str | None:
-  """Overwrites 64 bytes in the middle of a random file of a random checkpoint step."""
-  steps = [os.path.join(root, d) for root, dirs, _ in os.walk(os.path.join(workdir,
-                                                                         "checkpoints"))
-           for d in dirs if d.isdigit() and not root.endswith(".damaged")]
-  if not steps:
+  """Overwrites 64 bytes in the middle of a random file of the latest step of a random
+  checkpoint folder (the step a resumed start restores)."""
+  root = os.path.join(workdir, "checkpoints")
+  latest = []
+  for loop in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    steps = [int(d) for d in os.listdir(os.path.join(root, loop)) if d.isdigit()]
+    if steps and not loop.endswith(".damaged"):
+      latest.append(os.path.join(root, loop, str(max(steps))))
+  if not latest:
     return None
-  step = steps[rng.integers(len(steps))]
+  step = latest[rng.integers(len(latest))]
   files = sorted(os.path.join(r, f) for r, _, fs in os.walk(step) for f in fs
                  if os.path.getsize(os.path.join(r, f)) > 0)
   if not files:
@@ -108,21 +112,25 @@ def main(argv):
   del argv
   rng = np.random.default_rng(FLAGS.seed)
   ref, soak = (os.path.join(FLAGS.workdir, n) for n in ("reference", "soak"))
-  start = time.perf_counter()
-  if not os.path.isfile(os.path.join(ref, "metrics.json")):
+  timing = os.path.join(FLAGS.workdir, "reference_seconds.txt")
+  if not (os.path.isfile(os.path.join(ref, "metrics.json")) and os.path.isfile(timing)):
+    shutil.rmtree(ref, ignore_errors=True)
+    start = time.perf_counter()
     code, err = run(command(FLAGS.config, ref))
     if code != 0:
       raise SystemExit(f"the reference run failed ({code}): {err}")
-  window = time.perf_counter() - start
+    with open(timing, "w") as f:
+      f.write(f"{time.perf_counter() - start:.1f}\n")
+  with open(timing) as f:
+    window = float(f.read())      # the kill window: an uninterrupted run's wall time
   print(f"reference: {window:.0f} s")
   shutil.rmtree(soak, ignore_errors=True)
-  landed = recovered = stopped = 0
+  landed = damaged = stopped = 0
   for _ in range(FLAGS.kills):
     code, err = run(command(FLAGS.config, soak), timeout=float(rng.uniform(0, window)))
     if code is not None:
       if code != 0 and "damaged" in err:
         stopped += 1
-        recovered -= 1
         shutil.rmtree(os.path.join(soak, "checkpoints"))      # what a user does: retrain
         continue
       if code != 0:
@@ -130,7 +138,7 @@ def main(argv):
       break                      # finished before its kill
     landed += 1
     if FLAGS.damage and rng.uniform() < FLAGS.damage and damage_one(soak, rng):
-      recovered += 1             # counted back below if it stops instead
+      damaged += 1
   while True:
     code, err = run(command(FLAGS.config, soak))
     if code == 0:
@@ -138,11 +146,16 @@ def main(argv):
     if "damaged" not in err:
       raise SystemExit(f"the final start failed ({code}): {err}")
     stopped += 1
-    recovered -= 1
     shutil.rmtree(os.path.join(soak, "checkpoints"))
   diff = differences(ref, soak)
-  print(f"seed {FLAGS.seed}: {landed} kills landed of {FLAGS.kills}; damaged checkpoints: "
-        f"{max(recovered, 0)} recovered, {stopped} stopped with the 'damaged' error; outputs "
+  # Damaged steps a start found, moved aside and resumed before (checkpoints/<loop>.damaged/).
+  root = os.path.join(soak, "checkpoints")
+  recovered = sum(len(os.listdir(os.path.join(root, d))) for d in os.listdir(root)
+                  if d.endswith(".damaged")) if os.path.isdir(root) else 0
+  print(f"seed {FLAGS.seed}: {landed} kills landed of {FLAGS.kills}; {damaged} checkpoints "
+        f"damaged: {recovered} found and resumed from an earlier step, {stopped} stopped with "
+        f"the 'damaged' error (its checkpoints deleted, retrained), the rest overwritten "
+        f"before any start read them; outputs "
         + ("identical to the uninterrupted run" if not diff else f"DIFFER: {diff}"))
   sys.exit(1 if diff else 0)
 

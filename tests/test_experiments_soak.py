@@ -51,9 +51,10 @@ def test_differences_names_every_output_that_is_not_byte_identical(tmp_path):
   assert soak.differences(a, b) == []
 
 
-def test_damage_changes_one_file_of_one_checkpoint_step(tmp_path):
+def test_damage_changes_one_file_of_the_latest_checkpoint_step(tmp_path):
   wd = str(tmp_path)
-  write(wd, {"checkpoints/sft/5/state/data": "x" * 200, "checkpoints/sft.damaged/3/d": "y",
+  write(wd, {"checkpoints/sft/5/state/data": "x" * 200, "checkpoints/sft/2/state/data": "z",
+             "checkpoints/sft.damaged/3/d": "y",
              "metrics.json": "{}"})
   path = soak.damage_one(wd, np.random.default_rng(0))
   assert path == os.path.join(wd, "checkpoints/sft/5/state/data")
