@@ -38,6 +38,8 @@ def test_base_config_validates():
     ({"engine.train.hard_negatives": "5"}, "engine.train.hard_negatives"),  # > mine_top_k (4)
     ({"eval.grounding": "oracle"}, "eval.grounding"),
     ({"eval.frame_store": "disk"}, "eval.frame_store"),
+    ({"data.source": "tfds", "data.features_on_disk": "True"}, "data.features_on_disk"),
+    ({"index.scann.beyond": "nearest"}, "index.scann.beyond"),
     ({"sft.steps": "0"}, "sft.steps"),
     ({"grpo.steps": "0"}, "grpo.steps"),
     ({"eval.batch_size": "0"}, "eval.batch_size"),

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import procs
 from vsr_jax import config_lib, sharding
 from vsr_jax.config_lib import ConfigError
 from vsr_jax.engine import index as index_lib
@@ -169,9 +170,17 @@ SHARDED_SCRIPT = textwrap.dedent("""
         fq = np.array(data["scann"]["q"], np.float32)
         fgt = np.array(data["scann"]["gt"], np.int32)
         _, i, r = jax.jit(lambda ix, qq, g: ix.search_and_rank(qq, 3, g))(sc, fq, fgt)
+        # 'bound': ranks beyond the list reported as depth + 1, no device copy at all.
+        cfg.beyond = "bound"
+        sb = index_lib.ScannIndex.build(fv, cfg, mesh=mesh(2, 2), rank_depth=10)
+        _, ib, rb = jax.jit(lambda ix, qq, g: ix.search_and_rank(qq, 3, g))(sb, fq, fgt)
         out["scann"] = {"i": np.asarray(i).tolist(), "rank": np.asarray(r).tolist(),
                         "shards": len(sc.exact.vectors.sharding.device_set),
-                        "host_vectors": hasattr(sc.host, "vectors")}
+                        "searchers": {str(k): v.num_vectors
+                                      for k, v in sc.searchers.by_shard.items()},
+                        "bound": {"i": np.asarray(ib).tolist(), "rank": np.asarray(rb).tolist(),
+                                  "exact": sb.exact is not None, "cap": sb.beyond_rank,
+                                  "searchers": sorted(sb.searchers.by_shard)}}
     print("RESULT" + json.dumps(out))
 """)
 
@@ -218,10 +227,78 @@ def test_sharded_exact_index_equals_unsharded():
       np.testing.assert_array_equal(res[name]["i0"], bi, err_msg=f"{name} jit k={k}")
       np.testing.assert_array_equal(res[name]["s0"], bs, err_msg=f"{name} jit k={k}")
   if scann:
-    # The host holds ScaNN alone (no copy of the corpus to rank on); the device copy is split.
-    assert out["scann"]["shards"] == 4 and not out["scann"]["host_vectors"]
+    # One searcher per corpus shard (a quarter of the vectors each), merged into the exact
+    # list (every leaf searched); ranks past the list from the corpus-split device copy.
+    assert out["scann"]["shards"] == 4
+    assert out["scann"]["searchers"] == {"0": 50, "1": 50, "2": 50, "3": 50}
     np.testing.assert_array_equal(out["scann"]["rank"], franks)
     np.testing.assert_array_equal(out["scann"]["i"], float_brute_force(fv, fq, 3)[0][1])
+    bound = out["scann"]["bound"]
+    assert not bound["exact"] and bound["cap"] == 11 and bound["searchers"] == [0, 1]
+    np.testing.assert_array_equal(bound["rank"], np.where(franks <= 10, franks, 11))
+    np.testing.assert_array_equal(bound["i"], float_brute_force(fv, fq, 3)[0][1])
+
+
+MULTI_PROCESS_SCANN = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import jax
+    import ml_collections
+    from vsr_jax import hosts, sharding
+    from vsr_jax.engine import index as index_lib
+    coordinator, pid, tmp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, 2, pid, initialization_timeout=60)
+    with open(f"{tmp}/input.json") as f:
+        data = json.load(f)
+    fv = np.array(data["vectors"], np.float32)
+    fq = np.array(data["q"], np.float32)
+    fgt = np.array(data["gt"], np.int32)
+    cfg = ml_collections.ConfigDict(data["cfg"])
+    out = {}
+    for d, c in ((1, 4), (2, 2)):
+        mesh = sharding.make_mesh(ml_collections.ConfigDict(
+            {"data": d, "corpus": c, "model": 1}))
+        ix = index_lib.ScannIndex.build(fv, cfg, mesh=mesh, rank_depth=10,
+                                        directory=f"{tmp}/p{pid}_{d}x{c}")
+        _, i, r = jax.jit(lambda ix, qq, g: ix.search_and_rank(qq, 3, g))(ix, fq, fgt)
+        out[f"{d}x{c}"] = {"i": hosts.fetch(i).tolist(), "rank": hosts.fetch(r).tolist(),
+                           "searchers": sorted(ix.searchers.by_shard)}
+    print("RESULT" + json.dumps(out), flush=True)
+""")
+
+
+def test_scann_over_two_processes_searches_each_hosts_own_shards(tmp_path):
+  """2 processes x 2 CPU devices: each process builds searchers only for the corpus shards its
+  devices hold, each device searches its own, and the merged lists and ranks are exact."""
+  pytest.importorskip("scann")
+  fv = float_corpus(seed=2)
+  fq = np.random.default_rng(3).standard_normal((8, E_SCANN)).astype(np.float32)
+  _, order = float_brute_force(fv, fq, 1)
+  franks = np.array([1, 5, 10, 11, 12, 60, 150, 200])
+  fgt = np.take_along_axis(order, (franks - 1)[:, None], -1)[:, 0]
+  (tmp_path / "input.json").write_text(json.dumps(
+      {"vectors": fv.tolist(), "q": fq.tolist(), "gt": fgt.tolist(),
+       "cfg": scann_cfg().to_dict()}))
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+             + " --xla_force_host_platform_device_count=2")
+  coordinator = f"127.0.0.1:{procs.free_port()}"
+  runs = [subprocess.Popen([sys.executable, "-c", MULTI_PROCESS_SCANN, coordinator, str(pid),
+                            str(tmp_path)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for pid in (0, 1)]
+  outs = [p.communicate(timeout=180) for p in runs]
+  for p, (_, err) in zip(runs, outs):
+    assert p.returncode == 0, err[-3000:]
+  results = [json.loads([x for x in o.splitlines() if x.startswith("RESULT")][-1][6:])
+             for o, _ in outs]
+  want_i = float_brute_force(fv, fq, 3)[0][1]
+  for pid, res in enumerate(results):
+    assert res["1x4"]["searchers"] == [2 * pid, 2 * pid + 1]
+    assert res["2x2"]["searchers"] == [0, 1]         # both corpus halves on each process
+    for mesh in ("1x4", "2x2"):
+      np.testing.assert_array_equal(res[mesh]["i"], want_i, err_msg=f"{mesh} process {pid}")
+      np.testing.assert_array_equal(res[mesh]["rank"], franks, err_msg=f"{mesh} process {pid}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -335,7 +412,9 @@ def test_scann_under_jit_and_vmap(scann_setup):
 
 def test_scann_reloads_without_rebuilding(scann_setup, monkeypatch):
   vectors, directory, idx, q, gt, true_ranks = scann_setup
-  with open(os.path.join(directory, "vsr_meta.json")) as f:
+  # One searcher per corpus shard, each in its own folder (here one shard: no mesh).
+  assert os.listdir(directory) == ["shard_0_of_1"]
+  with open(os.path.join(directory, "shard_0_of_1", "vsr_meta.json")) as f:
     meta = json.load(f)
   assert meta["num_vectors"] == V_SCANN and meta["params"]["num_leaves"] == 4
 
@@ -374,7 +453,35 @@ def test_scann_rebuilds_when_vectors_or_params_change(scann_setup, tmp_path, mon
   # Other parameters also force a rebuild.
   index_lib.ScannIndex.build(changed, scann_cfg(reorder=150), directory=directory)
   assert len(calls) == 2
-  assert not os.path.exists(directory + ".partial")
+  assert os.listdir(directory) == ["shard_0_of_1"]        # no half-written .partial left
+
+
+def test_scann_bound_reports_beyond_the_list_as_depth_plus_one(scann_setup):
+  """index.scann.beyond='bound': no device copy; a ground truth past the list of depth 100
+  gets rank 101, one inside it its position (R@k up to 100 unchanged)."""
+  vectors, _, _, q, gt, true_ranks = scann_setup
+  idx = index_lib.ScannIndex.build(vectors, scann_cfg(beyond="bound"))
+  assert idx.exact is None and idx.beyond_rank == 101
+  assert jax.tree.leaves(idx) == []
+  _, i, rank = jax.jit(lambda ix, qq, g: ix.search_and_rank(qq, 3, g))(idx, jnp.asarray(q),
+                                                                       jnp.asarray(gt))
+  np.testing.assert_array_equal(rank, np.minimum(true_ranks, 101))
+  np.testing.assert_array_equal(i, float_brute_force(vectors, q, 3)[0][1])
+  with pytest.raises(ConfigError, match=r"index.scann.beyond='nearest': expected one of "
+                     r"'exact', 'bound'"):
+    index_lib.ScannIndex.build(vectors, scann_cfg(beyond="nearest"))
+
+
+def test_scann_small_shard_is_searched_by_brute_force():
+  """Fewer vectors than asymmetric hashing's 16 centres (a small corpus shard): exact search."""
+  pytest.importorskip("scann")
+  vectors = float_corpus(seed=4, V=5)
+  idx = index_lib.ScannIndex.build(vectors, scann_cfg())
+  q = np.random.default_rng(2).standard_normal((3, E_SCANN)).astype(np.float32)
+  (_, bi), order = float_brute_force(vectors, q, 4)
+  _, i, rank = idx.search_and_rank(jnp.asarray(q), 4, jnp.asarray(order[:, 4]))
+  np.testing.assert_array_equal(i, bi)
+  np.testing.assert_array_equal(rank, [5, 5, 5])
 
 
 def test_build_index_scann_backend(tmp_path):

@@ -2,6 +2,7 @@
 import json
 import glob
 import os
+import re
 import shutil
 
 import numpy as np
@@ -300,3 +301,51 @@ def test_query_without_words_is_an_error(tmp_path):
   with pytest.raises(DatasetError, match="desc_id 41 has a query with no known words"):
     store.load_split(str(root), "test", data_cfg(feature_dim=2),
                      tokenizer_lib.WordTokenizer(["a"]))
+
+
+# ----------------------------------------------------------------- features on disk
+
+
+def test_features_on_disk_equal_in_memory_and_are_reused(dataset_copy, monkeypatch):
+  """data.features_on_disk: one read-only memory map per split with the same values as the
+  in-memory load; a second load reuses it without reading a video file; a changed feature
+  file rebuilds it."""
+  on_disk = data_cfg(features_on_disk=True)
+  want = load(dataset_copy, "test")
+  got = load(dataset_copy, "test", on_disk)
+  assert isinstance(got.features, np.memmap) and not got.features.flags.writeable
+  np.testing.assert_array_equal(got.features, want.features)
+  np.testing.assert_array_equal(got.num_frames, want.num_frames)
+  np.testing.assert_array_equal(got.frame_seconds, want.frame_seconds)
+  assert got.corrections == want.corrections
+  prefix = os.path.join(dataset_copy, "cache", f"test.F{on_disk.max_frames}")
+  assert sorted(os.listdir(os.path.dirname(prefix))) == [
+      os.path.basename(prefix) + x for x in (".aux.npz", ".json", ".npy")]
+
+  def no_read(*args, **kwargs):
+    raise AssertionError("a video file was read although the memory map matches")
+
+  monkeypatch.setattr(store, "load_features", no_read)
+  again = load(dataset_copy, "test", on_disk)
+  np.testing.assert_array_equal(again.features, want.features)
+  monkeypatch.undo()
+  path = os.path.join(dataset_copy, "features", want.video_ids[2] + ".npy")
+  feats = np.load(path)
+  np.save(path, feats + 1.0)
+  changed = load(dataset_copy, "test", on_disk)
+  np.testing.assert_array_equal(changed.features[2, :feats.shape[0]], feats + 1.0)
+
+
+def test_features_on_disk_bad_file_leaves_nothing_behind(dataset_copy):
+  """A bad video file stops the load with its name; no partial memory map stays (the
+  corrected dataset then loads)."""
+  on_disk = data_cfg(features_on_disk=True)
+  split = load(dataset_copy, "test")
+  path = os.path.join(dataset_copy, "features", split.video_ids[4] + ".npy")
+  good = np.load(path)
+  np.save(path, np.full_like(good, np.nan))
+  with pytest.raises(DatasetError, match=re.escape(path)):
+    load(dataset_copy, "test", on_disk)
+  assert os.listdir(os.path.join(dataset_copy, "cache")) == []
+  np.save(path, good)
+  np.testing.assert_array_equal(load(dataset_copy, "test", on_disk).features, split.features)

@@ -335,6 +335,29 @@ def test_eval_with_more_turns_and_a_new_row(run):
   assert files_digest(workdir) == before
 
 
+def test_eval_from_disk_with_scann_bound_ranks_says_so_in_metrics(run):
+  """The corpus as a memory map on disk (data.features_on_disk), the episodes' frames read
+  per retrieved video (eval.frame_store=host) and index.backend=scann searching every leaf
+  with an exact reorder: the exact in-memory run's metrics; with beyond='bound' every row's
+  metrics.json entry says what ranks past the list were reported as."""
+  pytest.importorskip("scann")
+  workdir, _ = run
+  config = workdir_lib.read_config(workdir)
+  cfg = config_lib.set_values(config.copy_and_resolve_references(), {
+      "index.backend": "scann", "index.scann.beyond": "bound", "index.scann.num_leaves": 2,
+      "index.scann.num_leaves_to_search": 2, "index.scann.reorder": 1000,
+      "index.scann.threads": 1, "data.features_on_disk": True, "eval.frame_store": "host"})
+  got = train.evaluate_workdir(cfg, workdir, eval_name="scann_bound")
+  cache = os.path.join(workdir, "data", "cache")
+  assert any(f.endswith(".npy") for f in os.listdir(cache)), os.listdir(cache)
+  final = workdir_lib.read_json(os.path.join(workdir, "metrics.json"))
+  assert list(got) == list(final)
+  for name, metrics in got.items():
+    # The list's depth is min(100, corpus size): the smoke test split's 64 videos, plus one.
+    assert metrics.pop("ranks_past_list_reported_as") == 65, name
+    assert metrics == final[name], name
+
+
 def test_eval_refuses_training_fields_and_unnamed_overrides(run):
   workdir, _ = run
   code, _, err = cli(f"--workdir={workdir}", "--mode=eval", "--eval_name=x",

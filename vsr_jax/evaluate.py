@@ -94,10 +94,11 @@ def prediction_rows(row: RowResult, split):
     }
 
 
-def write_outputs(workdir: str, rows: list, split, *, main_row: str | None = None) -> dict:
+def write_outputs(workdir: str, rows: list, split, *, main_row: str | None = None,
+                  notes: dict | None = None) -> dict:
   """Writes predictions, submissions and metrics.json for all rows (process 0 of a multi-host
-  run; every process returns the metrics)."""
-  all_metrics = {row.name: row_metrics(row, split) for row in rows}
+  run; every process returns the metrics). notes: entries added to every row's metrics."""
+  all_metrics = {row.name: {**row_metrics(row, split), **(notes or {})} for row in rows}
   hosts.on_primary(lambda: _write_outputs(workdir, rows, split, all_metrics, main_row),
                    "evaluation outputs")
   return all_metrics
@@ -224,15 +225,20 @@ def engine_lists(config, engine, params, split, index, q: np.ndarray) -> EngineL
     top_scores[sl], top_ids[sl], ranks[sl] = s, i, r
   valid = top_ids >= 0                       # ScaNN may list fewer than k
   safe_ids = np.where(valid, top_ids, 0)
-  # Per-frame engine vectors of the whole corpus, for grounding by frame-query similarity.
-  fv = np.concatenate([hosts.fetch(frame_fn(params, split.features[j:j + batch]))
-                       for j in range(0, split.num_videos, batch)])
+  V, F = split.num_videos, split.features.shape[1]
+  # A corpus of up to 4M frames: every video's frame vectors, and all of them scored per
+  # query block (one matmul, no copies). A larger one: the frame vectors of the listed and
+  # ground-truth videos only (read from the store, which may be a memory map on disk), and
+  # each query's top-k gathered from them: memory bounded by the queries, not the corpus.
+  score_all = V * F <= SCORE_ALL_FRAMES
+  needed = (np.arange(V) if score_all else     # sorted: a video's row is its position
+            np.unique(np.concatenate([safe_ids.ravel(), split.video_index])))
+  local = lambda ids: np.searchsorted(needed, ids).astype(np.int32)
+  fv = np.concatenate([hosts.fetch(frame_fn(params, np.asarray(
+      split.features[needed[j:j + batch]]))) for j in range(0, len(needed), batch)])
   starts = np.zeros((Q, k), np.int32)
   ends = np.zeros((Q, k), np.int32)
-  V, F, E = fv.shape
-  # A corpus of up to 4M frames: score all of them per query block (one matmul, no copies);
-  # a larger one: gather the top-k videos' frames (memory bounded at any corpus size).
-  score_all = V * F <= SCORE_ALL_FRAMES
+  E = fv.shape[-1]
   if score_all:
     fv_flat = jnp.asarray(fv.reshape(V * F, E))
     sub = max(1, (1 << 25) // (V * F))
@@ -245,7 +251,7 @@ def engine_lists(config, engine, params, split, index, q: np.ndarray) -> EngineL
     if score_all:
       a, b = ground_all(q[sl], fv_flat, ids, split.num_frames[ids])
     else:
-      a, b = _ground(q[sl], fv[ids], split.num_frames[ids])
+      a, b = _ground(q[sl], fv[local(ids)], split.num_frames[ids])
     starts[sl], ends[sl] = hosts.fetch((a, b))
     progress.update(min(start + sub, Q))
   if config.eval.grounding == "whole_video":
@@ -254,7 +260,7 @@ def engine_lists(config, engine, params, split, index, q: np.ndarray) -> EngineL
   spf = split.frame_seconds[safe_ids]
   times = np.stack([starts * spf, np.minimum((ends + 1) * spf, split.durations[safe_ids])], -1)
   return EngineLists(top_scores, top_ids, ranks, times,
-                     np.einsum("qe,qfe->qf", q, fv[split.video_index]), valid)
+                     np.einsum("qe,qfe->qf", q, fv[local(split.video_index)]), valid)
 
 
 def _svmr_from_scores(split, window_scores_fn, k: int):
@@ -438,6 +444,10 @@ def evaluate_run(ctx, out_dir: str) -> dict:
     raise config_lib.ConfigError("config.eval.rows: no row's stage is in config.stages")
   names = [r.name for r in results]
   main_row = config.eval.submission_row if config.eval.submission_row in names else names[-1]
-  all_metrics = write_outputs(out_dir, results, split, main_row=main_row)
+  # An index that does not rank past its list (ScaNN, beyond='bound') says so in every row:
+  # ranks there are this number, so mrr and mean_rank are bounds; R@k up to it is exact.
+  cap = getattr(index, "beyond_rank", None)
+  notes = {"ranks_past_list_reported_as": cap} if cap else None
+  all_metrics = write_outputs(out_dir, results, split, main_row=main_row, notes=notes)
   print(format_table(all_metrics), flush=True)
   return all_metrics

@@ -105,7 +105,7 @@ def eval_config(config, overrides: dict):
     raise config_lib.ConfigError(
         f"--config.{training[0]}: only training reads this field; --mode=eval evaluates the run "
         "as it was trained (it may change eval.*, index.*, mesh.*, log.*, checkpoint.*, "
-        "data.eval_split, imports)")
+        "data.eval_split, data.features_on_disk, imports)")
   if overrides and not FLAGS.eval_name:
     raise config_lib.ConfigError(
         f"--config.{next(iter(overrides))}: an evaluation with overrides needs --eval_name=NAME "

@@ -23,11 +23,14 @@ from vsr_jax import config_lib
 # Fields that may change between runs on one workdir: they change how a run is evaluated or
 # logged, not what it trained.
 MUTABLE_SECTIONS = ("eval", "index", "log", "mesh", "checkpoint")
+# Fields outside those sections that only change where data lives while a run reads it.
+MUTABLE_FIELDS = ("data.features_on_disk",)
 # What evaluation reads besides those sections: an evaluation may change these and only these
 # (anything else is a training field: --mode=eval refuses to override it).
 # (Not data.dir: another folder is another dataset, whose word vocabulary would remap the
 # run's token ids.)
-EVAL_FIELDS = ("eval", "index", "log", "mesh", "checkpoint", "data.eval_split", "imports")
+EVAL_FIELDS = ("eval", "index", "log", "mesh", "checkpoint", "data.eval_split", "imports",
+               *MUTABLE_FIELDS)
 # Fields renamed since a run was written: old path -> new path (read_config moves them).
 RENAMED = {"agent.turns": "eval.turns"}
 # Sections keyed by the run's own names: taken whole from a saved config.
@@ -151,7 +154,7 @@ def check(config, workdir: str, *, mode: str) -> None:
   saved = config_lib.to_dict(read_config(workdir))
   differ = config_lib.diff(saved, current)
   changeable = (is_eval_field if mode == "eval" else
-                lambda f: f.split(".")[0] in MUTABLE_SECTIONS)
+                lambda f: f.split(".")[0] in MUTABLE_SECTIONS or f in MUTABLE_FIELDS)
   fixed = [f for f in differ if not changeable(f)]
   if fixed:
     both = "; ".join(f"{f}: the run {_get(saved, f)!r}, now {_get(current, f)!r}"

@@ -25,6 +25,7 @@ class Source:
   load: Callable
   check: Callable | None = None
   prepare: Callable | None = None
+  features_on_disk: bool = False   # honours config.data.features_on_disk
 
 
 def data_dir(config, workdir: str) -> str:
@@ -88,6 +89,7 @@ def _check_tfds(config) -> None:
                       f"{', '.join(known)}")
 
 
-registry.DATASETS.register("synthetic", Source(_load_synthetic, prepare=_write_synthetic))
-registry.DATASETS.register("files", Source(_load_store))
+registry.DATASETS.register("synthetic", Source(_load_synthetic, prepare=_write_synthetic,
+                                              features_on_disk=True))
+registry.DATASETS.register("files", Source(_load_store, features_on_disk=True))
 registry.DATASETS.register("tfds", Source(_load_tfds, _check_tfds, _prepare_tfds))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -135,7 +136,8 @@ class Split:
   """One split as arrays: V corpus videos, Q queries."""
   name: str
   video_ids: list            # [V] str
-  features: np.ndarray       # [V, max_frames, D] float32 (zero padded)
+  features: np.ndarray       # [V, max_frames, D] float32 (zero padded; a read-only memory
+                             # map under data.features_on_disk)
   num_frames: np.ndarray     # [V] int32: valid frames
   frame_seconds: np.ndarray  # [V] float32: seconds covered by one model frame
   durations: np.ndarray      # [V] float32
@@ -196,20 +198,12 @@ def load_tokenizer(data_dir: str, train_split: str) -> tokenizer_lib.WordTokeniz
   return tokenizer_lib.WordTokenizer.build(m.query for m in moments)
 
 
-def build_split(name: str, moments: list, load: callable, data_cfg, tokenizer, *, fps: float,
-                counts, where: str, progress_seconds: float = 10.0) -> Split:
-  """Arrays of a split from its moments and `load(video_id) -> [frames, D]` features."""
-  video_ids = list(dict.fromkeys(m.video for m in moments))
-  index = {v: i for i, v in enumerate(video_ids)}
-  durations = {}
-  for m in moments:
-    if durations.setdefault(m.video, m.duration) != m.duration:
-      counts["videos_with_inconsistent_duration"] += 1
-  V, F, D = len(video_ids), data_cfg.max_frames, data_cfg.feature_dim
-  features = np.zeros((V, F, D), np.float32)
-  num_frames = np.zeros(V, np.int32)
-  frame_seconds = np.zeros(V, np.float32)
-  progress = Progress(f"load {name} features", V, "videos", progress_seconds)
+def _fill(features, video_ids: list, load: callable, fps: float, counts, progress):
+  """Writes each video's fitted frames into features [V, F, D] (zeros already there); returns
+  num_frames [V] and frame_seconds [V]."""
+  F = features.shape[1]
+  num_frames = np.zeros(len(video_ids), np.int32)
+  frame_seconds = np.zeros(len(video_ids), np.float32)
   for i, vid in enumerate(video_ids):
     feats = load(vid)
     fitted = fit_frames(feats, F)
@@ -219,6 +213,73 @@ def build_split(name: str, moments: list, load: callable, data_cfg, tokenizer, *
     num_frames[i] = fitted.shape[0]
     frame_seconds[i] = feats.shape[0] / fps / fitted.shape[0]
     progress.update(i + 1)
+  return num_frames, frame_seconds
+
+
+def _features_on_disk(prefix: str, key: str, video_ids: list, load: callable, shape, fps,
+                      counts, progress):
+  """The split's features as one read-only memory map, <prefix>.npy, written once (through a
+  temporary file, its description <prefix>.json last) and reused while `key` (what the bytes
+  depend on) matches; with num_frames and frame_seconds from <prefix>.aux.npz."""
+  meta_path = prefix + ".json"
+  if os.path.isfile(meta_path):
+    with open(meta_path, encoding="utf-8") as f:
+      try:
+        meta = json.load(f)
+      except json.JSONDecodeError:
+        meta = {}
+    if meta.get("key") == key:
+      aux = np.load(prefix + ".aux.npz")
+      counts["videos_pooled_to_max_frames"] += int(aux["pooled"])
+      logging.info("features read from %s (memory-mapped)", prefix + ".npy")
+      return np.load(prefix + ".npy", mmap_mode="r"), aux["num_frames"], aux["frame_seconds"]
+  os.makedirs(os.path.dirname(prefix), exist_ok=True)
+  if os.path.exists(meta_path):
+    os.remove(meta_path)                 # stale: no reader takes the files being replaced
+  tmp = f"{prefix}.partial-{os.getpid()}"
+  try:
+    features = np.lib.format.open_memmap(tmp + ".npy", "w+", np.float32, shape)
+    before = counts["videos_pooled_to_max_frames"]
+    num_frames, frame_seconds = _fill(features, video_ids, load, fps, counts, progress)
+    features.flush()
+    del features
+    np.savez(tmp + ".aux.npz", num_frames=num_frames, frame_seconds=frame_seconds,
+             pooled=counts["videos_pooled_to_max_frames"] - before)
+    os.replace(tmp + ".npy", prefix + ".npy")
+    os.replace(tmp + ".aux.npz", prefix + ".aux.npz")
+  except BaseException:
+    for leftover in (tmp + ".npy", tmp + ".aux.npz"):   # a bad video file: nothing left behind
+      if os.path.exists(leftover):
+        os.remove(leftover)
+    raise
+  atomic_write_text(meta_path, json.dumps({"key": key, "shape": list(shape)}))
+  logging.info("features written to %s (memory-mapped from now on)", prefix + ".npy")
+  return np.load(prefix + ".npy", mmap_mode="r"), num_frames, frame_seconds
+
+
+def build_split(name: str, moments: list, load: callable, data_cfg, tokenizer, *, fps: float,
+                counts, where: str, progress_seconds: float = 10.0, on_disk: str = "",
+                key: str = "") -> Split:
+  """Arrays of a split from its moments and `load(video_id) -> [frames, D]` features.
+
+  on_disk: a path prefix: the features become a read-only memory map there (written on first
+  use, reused while `key`, a digest of what they are made from, matches) instead of an array
+  in memory."""
+  video_ids = list(dict.fromkeys(m.video for m in moments))
+  index = {v: i for i, v in enumerate(video_ids)}
+  durations = {}
+  for m in moments:
+    if durations.setdefault(m.video, m.duration) != m.duration:
+      counts["videos_with_inconsistent_duration"] += 1
+  V, F, D = len(video_ids), data_cfg.max_frames, data_cfg.feature_dim
+  progress = Progress(f"load {name} features", V, "videos", progress_seconds)
+  if on_disk:
+    digest = hashlib.sha1(json.dumps([key, fps, video_ids]).encode()).hexdigest()
+    features, num_frames, frame_seconds = _features_on_disk(
+        f"{on_disk}.F{F}", digest, video_ids, load, (V, F, D), fps, counts, progress)
+  else:
+    features = np.zeros((V, F, D), np.float32)
+    num_frames, frame_seconds = _fill(features, video_ids, load, fps, counts, progress)
   texts = [m.query for m in moments]
   tokens, fine, cut = tokenizer.encode(texts, data_cfg.max_query_len,
                                        fine_of=[m.coarse for m in moments])
@@ -256,8 +317,18 @@ def load_split(data_dir: str, split: str, data_cfg, tokenizer, *,
   moments, counts = annotations_lib.read_verified(path)
   load = lambda vid: load_features(os.path.join(data_dir, "features", vid + ".npy"),
                                    data_cfg.feature_dim)
+  on_disk = key = ""
+  if data_cfg.features_on_disk:
+    # The memory map is rebuilt when the dataset's description or any feature file changes.
+    on_disk = os.path.join(data_dir, "cache", split)
+    with open(os.path.join(data_dir, "meta.json"), "rb") as f:
+      key = hashlib.sha1(f.read()).hexdigest()
+    stats = [os.stat(os.path.join(data_dir, "features", m.video + ".npy"))
+             for m in {m.video: m for m in moments}.values()
+             if os.path.isfile(os.path.join(data_dir, "features", m.video + ".npy"))]
+    key += hashlib.sha1(str([(s.st_size, s.st_mtime_ns) for s in stats]).encode()).hexdigest()
   return build_split(split, moments, load, data_cfg, tokenizer, fps=fps, counts=counts,
-                     where=path, progress_seconds=progress_seconds)
+                     where=path, progress_seconds=progress_seconds, on_disk=on_disk, key=key)
 
 
 def synthetic_pool(data_cfg, tokenizer, *, split: str, num_videos: int, first_family: int,

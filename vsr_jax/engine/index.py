@@ -7,15 +7,17 @@ Both backends are pytrees that can be passed into jitted code and answer
   split along it (each shard finds its own top-k for its slice of the queries, then the
   shards' candidates are merged).
 * ScannIndex: ScaNN (tree + asymmetric hashing + exact reorder) on the host through
-  jax.pure_callback, for corpora too large to search exactly. Serialised into the workdir
-  and reloaded without rebuilding.
+  jax.pure_callback, for corpora too large to search exactly: one searcher per corpus shard,
+  built (or reloaded from the workdir) by the process whose devices hold the shard; each
+  device searches its shard for its queries and the lists are merged over 'corpus'.
 Ranks are exact and consistent with the returned list: ties in score go to the lower video
 index, as lax.top_k orders them. For ScaNN, the rank of a ground truth found in the searched
-list (depth max(k, rank_depth)) is its position there; otherwise its exact rank over the
-corpus, but never less than the list's length + 1. That exact rank is counted on the device
-(an ExactIndex over the same vectors, split over the mesh's 'corpus' axis): the host does
-only ScaNN's own search, never a pass over the corpus. When ScaNN finds fewer than k
-neighbours, the missing entries have id -1 and score -inf.
+list (depth max(k, rank_depth)) is its position there; otherwise (index.scann.beyond) either
+its exact rank over the corpus, but never less than the list's length + 1, counted on the
+device (an ExactIndex over the same vectors, split over the mesh's 'corpus' axis: the host
+does only ScaNN's own search, never a pass over the corpus), or the depth + 1 without looking
+('bound': no O(V) work at all). When ScaNN finds fewer than k neighbours, the missing entries
+have id -1 and score -inf.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, PartitionSpec as P
 
-from vsr_jax import hosts, registry, sharding
+from vsr_jax import registry, sharding
 from vsr_jax.config_lib import ConfigError
 
 _NEG = -jnp.inf
@@ -192,6 +194,8 @@ def build_scann(vectors: np.ndarray, params: dict, threads: int = 0):
   scann = _import_scann()
   vectors = np.ascontiguousarray(vectors, np.float32)
   builder = scann.scann_ops_pybind.builder(vectors, 10, "dot_product")
+  if params.get("brute_force"):
+    return builder.score_brute_force().build()
   builder = builder.tree(num_leaves=params["num_leaves"],
                          num_leaves_to_search=params["num_leaves_to_search"],
                          training_sample_size=params["training_sample_size"])
@@ -204,12 +208,10 @@ def build_scann(vectors: np.ndarray, params: dict, threads: int = 0):
 
 
 class _Host:
-  """Holds the host-side ScaNN searcher; compared by identity so jit caches per index."""
+  """One ScaNN searcher over one corpus shard's rows (ids local to the shard)."""
 
-  def __init__(self, searcher, num_vectors: int, *, threads: int, rank_depth: int,
-               reorder: int):
-    self.searcher, self.num_vectors = searcher, num_vectors
-    self.rank_depth, self.reorder = rank_depth, reorder
+  def __init__(self, searcher, num_vectors: int, *, threads: int, reorder: int):
+    self.searcher, self.num_vectors, self.reorder = searcher, num_vectors, reorder
     if threads:
       searcher.set_num_threads(threads)
 
@@ -217,105 +219,192 @@ class _Host:
     q = np.ascontiguousarray(q, np.float32)
     if q.shape[0] == 0:
       return np.zeros((0, depth), np.float32), np.zeros((0, depth), np.int32)
+    want = min(depth, self.num_vectors)
     ids, scores = self.searcher.search_batched_parallel(
-        q, final_num_neighbors=depth, pre_reorder_num_neighbors=max(depth, self.reorder))
+        q, final_num_neighbors=want, pre_reorder_num_neighbors=max(want, self.reorder))
     scores = np.asarray(scores, np.float32)
     ids = np.asarray(ids, np.int64).astype(np.int32)
-    # When the searched leaves hold fewer than `depth` points, ScaNN pads with id 0 and NaN.
+    # When the searched leaves hold fewer than `want` points, ScaNN pads with id 0 and NaN.
     pad = ~np.isfinite(scores)
-    return np.where(pad, -np.inf, scores), np.where(pad, -1, ids)
+    out_s = np.full((q.shape[0], depth), -np.inf, np.float32)
+    out_i = np.full((q.shape[0], depth), -1, np.int32)
+    out_s[:, :want] = np.where(pad, -np.inf, scores)
+    out_i[:, :want] = np.where(pad, -1, ids)
+    return out_s, out_i
+
+
+class _Searchers:
+  """This process's searchers, one per corpus shard it holds (shard -> _Host, None for a shard
+  of padding only). Compared by identity, so jit caches per index."""
+
+  def __init__(self, hosts_by_shard: dict, shard_rows: int, num_vectors: int, depth: int):
+    self.by_shard, self.shard_rows = hosts_by_shard, shard_rows
+    self.num_vectors, self.depth = num_vectors, depth
+
+  def search(self, shard: int, q: np.ndarray):
+    """q [n, E] -> scores, global ids [n, depth] of this shard's best (id -1 / -inf: none)."""
+    if shard not in self.by_shard:
+      raise RuntimeError(f"ScaNN: corpus shard {shard} has no searcher in this process "
+                         f"(it holds {sorted(self.by_shard)})")
+    host = self.by_shard[shard]
+    if host is None:
+      return (np.full((q.shape[0], self.depth), -np.inf, np.float32),
+              np.full((q.shape[0], self.depth), -1, np.int32))
+    scores, ids = host.search(q, self.depth)
+    return scores, np.where(ids >= 0, ids + shard * self.shard_rows, -1).astype(np.int32)
+
+
+# How a ground truth outside ScaNN's searched list is ranked (config.index.scann.beyond):
+# 'exact' counts its exact rank on the device (an ExactIndex over the same vectors, split over
+# the mesh's 'corpus' axis: O(V) device work per query); 'bound' reports it as the list's depth
+# + 1 without looking (no O(V) work anywhere: mrr and mean_rank become bounds, R@k for k up to
+# the depth stays exact; metrics.json says so).
+SCANN_BEYOND = ("exact", "bound")
 
 
 @jax.tree_util.register_pytree_node_class
 class ScannIndex:
-  """ScaNN on the host, called from jitted code through jax.pure_callback; `exact` (the same
-  vectors on the device) ranks a ground truth beyond ScaNN's list."""
+  """One ScaNN searcher per corpus shard on the host of the devices that hold the shard,
+  called from jitted code through jax.pure_callback (inside shard_map on a mesh: each device
+  asks its own shard's searcher for its own queries) and merged over 'corpus' on the device.
+  `exact` (the same vectors on the device, None under beyond='bound') ranks a ground truth
+  beyond the merged list."""
 
-  def __init__(self, host: _Host, exact: ExactIndex):
-    self.host, self.exact = host, exact
+  def __init__(self, searchers: _Searchers, exact: ExactIndex | None, mesh: Mesh | None):
+    self.searchers, self.exact, self.mesh = searchers, exact, mesh
 
   def tree_flatten(self):
-    return (self.exact,), (self.host,)
+    return (self.exact,), (self.searchers, self.mesh)
 
   @classmethod
   def tree_unflatten(cls, aux, children):
-    return cls(aux[0], children[0])
+    return cls(aux[0], children[0], aux[1])
 
   @property
   def size(self) -> int:
-    return self.host.num_vectors
+    return self.searchers.num_vectors
+
+  @property
+  def beyond_rank(self) -> int | None:
+    """The rank reported for a ground truth beyond the list under beyond='bound', else None."""
+    return None if self.exact is not None else self.searchers.depth + 1
 
   @classmethod
-  def build(cls, vectors: np.ndarray, cfg, *, directory: str | None = None,
-            rank_depth: int = 100, mesh: Mesh | None = None) -> "ScannIndex":
-    """Loads the serialised searcher from `directory` if it matches, else builds (and saves).
-    The device copy for exact ranks is split over mesh's 'corpus' axis when it has one."""
-    scann = _import_scann()
-    vectors = np.ascontiguousarray(np.asarray(vectors), np.float32)
-    params = scann_params(cfg, vectors.shape[0])
-    meta = {"params": params, "num_vectors": int(vectors.shape[0]),
-            "fingerprint": _fingerprint(vectors)}
-    searcher = None
-    if directory and os.path.isfile(os.path.join(directory, "vsr_meta.json")):
-      with open(os.path.join(directory, "vsr_meta.json")) as f:
-        saved = json.load(f)
-      if saved == meta:
-        searcher = scann.scann_ops_pybind.load_searcher(directory)
-        logging.info("ScaNN index loaded from %s", directory)
-      else:
-        logging.info("ScaNN index in %s is for other vectors or parameters; rebuilding",
-                     directory)
-    if searcher is None:
-      start = time.perf_counter()
-      searcher = build_scann(vectors, params, cfg.threads)
-      logging.info("ScaNN index built over %d vectors in %.1fs (%s)", vectors.shape[0],
-                   time.perf_counter() - start, params)
-      if directory:
-        save_scann(searcher, directory, meta)
-    return cls(_Host(searcher, vectors.shape[0], threads=cfg.threads, rank_depth=rank_depth,
-                     reorder=params["reorder"]), ExactIndex.build(vectors, mesh))
+  def build(cls, vectors, cfg, *, directory: str | None = None, rank_depth: int = 100,
+            mesh: Mesh | None = None) -> "ScannIndex":
+    """One searcher per corpus shard held by this process (loaded from `directory`/shard_S_of_N
+    if it matches, else built and saved). vectors: [V, E] (numpy, or a global array split over
+    the mesh's 'corpus' axis: each process reads only its own shards' rows)."""
+    beyond = cfg.get("beyond", "exact")
+    if beyond not in SCANN_BEYOND:
+      raise ConfigError(f"config.index.scann.beyond={beyond!r}: expected one of "
+                        f"{', '.join(repr(b) for b in SCANN_BEYOND)}")
+    device = ExactIndex.build(vectors, mesh)
+    n = device.num_valid
+    num_shards = sharding.size(mesh, sharding.CORPUS)
+    shard_rows = device.vectors.shape[0] // num_shards
+    depth = min(rank_depth, n)
+    by_shard = {}
+    for shard in device.vectors.addressable_shards:
+      start = shard.index[0].start or 0
+      s = start // shard_rows
+      if s in by_shard:
+        continue                                  # the same rows on another data replica
+      rows = np.asarray(shard.data, np.float32)[:max(0, min(shard_rows, n - start))]
+      name = f"shard_{s}_of_{num_shards}"
+      by_shard[s] = (_load_or_build(rows, cfg, os.path.join(directory, name) if directory
+                                    else None, name) if rows.shape[0] else None)
+    searchers = _Searchers(by_shard, shard_rows, n, depth)
+    return cls(searchers, device if beyond == "exact" else None, mesh)
 
-  def _callback(self, q, k, gt):
-    depth = max(k, min(self.host.rank_depth, self.size))
+  def _search(self, q, depth):
+    """q [..., E] -> the merged list: scores, ids [..., depth] (best first)."""
+    lead, e = q.shape[:-1], q.shape[-1]
+    q2 = q.reshape(-1, e).astype(jnp.float32)
+    searchers = self.searchers
 
-    def host_fn(q_np, gt_np):
+    def host_fn(q_np, shard_np):
       # Under vmap the callback sees extra leading (batch) dims: flatten, answer, restore.
       batch = q_np.shape[:-1]
-      flat_q = np.asarray(q_np).reshape(-1, q_np.shape[-1])
-      scores, ids = self.host.search(flat_q, depth)
-      out = (scores[:, :k].reshape(*batch, k), ids[:, :k].reshape(*batch, k))
-      if gt_np is None:
-        return out
-      flat_gt = np.asarray(gt_np).reshape(-1)
-      found = ids == flat_gt[:, None]
-      # 0: not in the searched list (ranked on the device), and how many real entries it has.
-      rank = np.where(found.any(1), found.argmax(1) + 1, 0)
-      listed = (ids >= 0).sum(1)
-      return out + (rank.astype(np.int32).reshape(batch),
-                    listed.astype(np.int32).reshape(batch))
+      shard = int(np.asarray(shard_np).reshape(-1)[0])
+      scores, ids = searchers.search(shard, np.asarray(q_np).reshape(-1, e))
+      return scores.reshape(*batch, depth), ids.reshape(*batch, depth)
 
-    lead = q.shape[:-1]
-    shapes = (jax.ShapeDtypeStruct((*lead, k), jnp.float32),
-              jax.ShapeDtypeStruct((*lead, k), jnp.int32))
-    q = q.astype(jnp.float32)
-    if gt is None:
-      scores, ids = jax.pure_callback(lambda a: host_fn(a, None), shapes, q,
-                                      vmap_method="broadcast_all")
-      return scores, ids, None
-    shapes = shapes + (jax.ShapeDtypeStruct(lead, jnp.int32),) * 2
-    gt = gt.astype(jnp.int32)
-    scores, ids, in_list, listed = jax.pure_callback(host_fn, shapes, q, gt,
-                                                     vmap_method="broadcast_all")
-    # Beyond the list: the exact rank, but at least one past the list's real entries.
-    beyond = jnp.maximum(listed + 1, self.exact.rank(q, gt))
-    return scores, ids, jnp.where(in_list > 0, in_list, beyond)
+    def call(qq, shard):
+      shapes = (jax.ShapeDtypeStruct((qq.shape[0], depth), jnp.float32),
+                jax.ShapeDtypeStruct((qq.shape[0], depth), jnp.int32))
+      return jax.pure_callback(host_fn, shapes, qq, shard, vmap_method="broadcast_all")
+
+    if self.mesh is None:
+      s, i = call(q2, jnp.zeros((), jnp.int32))
+    else:
+      axis = sharding.CORPUS
+
+      def per_shard(qq):
+        # This device's queries against its corpus shard's searcher; merged over 'corpus'.
+        s, i = call(qq, jax.lax.axis_index(axis).astype(jnp.int32))
+        all_s = jax.lax.all_gather(s, axis, axis=1, tiled=True)
+        all_i = jax.lax.all_gather(i, axis, axis=1, tiled=True)
+        best_s, pos = jax.lax.top_k(all_s, depth)
+        return best_s, jnp.take_along_axis(all_i, pos, 1)
+
+      rows = sharding.rows_spec(q2.shape[0], self.mesh)
+      s, i = jax.shard_map(per_shard, mesh=self.mesh, in_specs=(rows,),
+                           out_specs=(rows, rows), check_vma=False)(q2)
+    return s.reshape(*lead, depth), i.reshape(*lead, depth)
+
+  def _depth(self, k):
+    return max(k, self.searchers.depth)
 
   def search(self, q, k):
-    s, i, _ = self._callback(q, k, None)
-    return s, i
+    s, i = self._search(q, self._depth(k))
+    return s[..., :k], i[..., :k]
 
   def search_and_rank(self, q, k, gt):
-    return self._callback(q, k, gt)
+    s, i = self._search(q, self._depth(k))
+    gt = gt.astype(jnp.int32)
+    found = i == gt[..., None]
+    in_list = jnp.where(found.any(-1), jnp.argmax(found, -1) + 1, 0)
+    if self.exact is None:
+      beyond = jnp.full_like(in_list, self._depth(k) + 1)
+    else:
+      # The exact rank, but at least one past the list's real entries.
+      listed = jnp.sum(i >= 0, -1)
+      beyond = jnp.maximum(listed + 1, self.exact.rank(q, gt))
+    return s[..., :k], i[..., :k], jnp.where(in_list > 0, in_list, beyond).astype(jnp.int32)
+
+
+# Below this many rows a shard is searched by brute force (ScaNN's asymmetric hashing trains
+# 16 centres per block and refuses fewer points).
+_MIN_HASHED = 16
+
+
+def _load_or_build(rows: np.ndarray, cfg, directory: str | None, name: str) -> _Host:
+  scann = _import_scann()
+  params = scann_params(cfg, rows.shape[0])
+  if rows.shape[0] < _MIN_HASHED:
+    params = {"brute_force": True}
+  meta = {"params": params, "num_vectors": int(rows.shape[0]),
+          "fingerprint": _fingerprint(rows)}
+  searcher = None
+  if directory and os.path.isfile(os.path.join(directory, "vsr_meta.json")):
+    with open(os.path.join(directory, "vsr_meta.json")) as f:
+      saved = json.load(f)
+    if saved == meta:
+      searcher = scann.scann_ops_pybind.load_searcher(directory)
+      logging.info("ScaNN index (%s) loaded from %s", name, directory)
+    else:
+      logging.info("ScaNN index in %s is for other vectors or parameters; rebuilding",
+                   directory)
+  if searcher is None:
+    start = time.perf_counter()
+    searcher = build_scann(rows, params, cfg.threads)
+    logging.info("ScaNN index (%s) built over %d vectors in %.1fs (%s)", name, rows.shape[0],
+                 time.perf_counter() - start, params)
+    if directory:
+      save_scann(searcher, directory, meta)
+  return _Host(searcher, rows.shape[0], threads=cfg.threads,
+               reorder=params.get("reorder", 0))
 
 
 def save_scann(searcher, directory: str, meta: dict) -> None:
@@ -347,11 +436,7 @@ def _build_exact(config, vectors, mesh, directory):
 
 @registry.INDEX_BACKENDS.register("scann")
 def _build_scann(config, vectors, mesh, directory):
-  if hosts.count() > 1:   # one host searcher per process and a merge: not built yet
-    raise ConfigError(f"config.index.backend='scann' runs on one process; this run has "
-                      f"{hosts.count()} (use index.backend='exact', split over mesh.corpus)")
-  return ScannIndex.build(np.asarray(vectors), config.index.scann, directory=directory,
-                          mesh=mesh)
+  return ScannIndex.build(vectors, config.index.scann, directory=directory, mesh=mesh)
 
 
 def build_index(config, vectors, *, mesh: Mesh | None = None, directory: str | None = None):
