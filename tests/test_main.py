@@ -5,8 +5,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from vsr_jax import config_lib
+from vsr_jax.data import store
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "configs", "synthetic.py") + ":smoke"
 
 
 def cli(*args, cwd=REPO):
@@ -87,3 +92,39 @@ def test_corrupt_config_json(tmp_path):
   (tmp_path / "config.json").write_text('{"seed": ')
   code, err = cli("--config=configs/synthetic.py:smoke", f"--workdir={tmp_path}")
   assert code != 0 and "config.json: corrupt JSON" in err
+
+
+def _small_disk(path, size):
+  """A tmpfs of `size` at path (root only: the test skips where it cannot mount one)."""
+  os.makedirs(path)
+  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}",
+                                          "tmpfs", path], capture_output=True).returncode:
+    pytest.skip("mounting a small tmpfs needs root")
+
+
+def test_a_full_disk_is_one_line_and_its_tracebacks_go_to_the_log(tmp_path):
+  """The workdir's disk fills during the first checkpoint save: Orbax's background threads
+  fail, TensorBoard cannot flush; the terminal gets one line naming the workdir and the file
+  being written, every traceback goes to <workdir>/log.txt, and the intact checkpoint before
+  it stays."""
+  data_dir = str(tmp_path / "data")
+  store.write_synthetic(config_lib.load(SMOKE).data, data_dir)
+  disk = str(tmp_path / "disk")
+  _small_disk(disk, "600k")
+  try:
+    workdir = os.path.join(disk, "run")
+    proc = subprocess.run([sys.executable, "-m", "vsr_jax.main", f"--config={SMOKE}",
+                           f"--config.data.dir={data_dir}", f"--workdir={workdir}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.splitlines() if not l.startswith(("I1", "W1"))]
+    assert len(lines) == 1, "\n".join(lines[-40:])
+    assert lines[0].startswith(f"error: no space left on the disk of --workdir={workdir} "
+                               f"(writing {workdir}/"), lines[0]
+    assert "resumes from the newest intact checkpoint" in lines[0]
+    with open(os.path.join(workdir, "log.txt"), encoding="utf-8") as f:
+      log = f.read()
+    assert "Traceback" in log and "No space left on device" in log
+    assert os.path.isfile(os.path.join(workdir, "config.json"))
+  finally:
+    subprocess.run(["umount", disk], check=False)

@@ -277,3 +277,50 @@ def test_prepare_for_eval_allows_what_evaluation_reads(tmp_path):
     workdir.prepare(smoke(**{"data.dir": "/elsewhere"}), wd, mode="eval")
   with pytest.raises(WorkdirError, match="data.eval_split"):      # training reads it there
     workdir.prepare(smoke(**{"data.eval_split": "val"}), wd, mode="train")
+
+
+def test_disk_full_reads_the_exception_chain():
+  import errno   # pylint: disable=g-import-not-at-top
+  assert workdir.disk_full(ValueError("shape mismatch")) is None
+  assert workdir.disk_full(OSError(errno.ENOSPC, "No space left on device", "/w/a")) == "/w/a"
+  orbax = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/w/ck/_sharding": Failed')
+  try:
+    try:
+      raise orbax
+    except ValueError:
+      raise OSError(errno.ENOSPC, "No space left on device")   # flushing on the way out
+  except OSError as e:
+    assert workdir.disk_full(e) == "/w/ck/_sharding"       # the one that names a path
+  assert workdir.disk_full(OSError(errno.ENOSPC, "No space left on device")) == ""
+  assert workdir.disk_full(OSError(errno.EACCES, "Permission denied", "/w")) is None
+
+
+def test_attach_log_takes_background_failures_off_the_terminal(tmp_path):
+  import logging as py_logging   # pylint: disable=g-import-not-at-top
+  import threading   # pylint: disable=g-import-not-at-top
+  import sys   # pylint: disable=g-import-not-at-top
+  old_hook, old_unraisable = threading.excepthook, sys.unraisablehook
+  path = workdir.attach_log(str(tmp_path))
+  try:
+    def fail():
+      raise RuntimeError("saver thread broke")
+    t = threading.Thread(target=fail, name="saver")
+    t.start()
+    t.join()
+    for h in py_logging.getLogger().handlers:
+      h.flush()
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+    assert "thread saver failed" in text and "RuntimeError: saver thread broke" in text
+    record = py_logging.LogRecord(workdir.BACKGROUND, py_logging.ERROR, "x.py", 1, "m",
+                                  None, None)
+    assert workdir.is_background(record)
+    record = py_logging.LogRecord("absl", py_logging.ERROR, "/vsr_jax/train.py", 1, "m",
+                                  None, None)
+    assert not workdir.is_background(record)
+  finally:
+    for h in list(py_logging.getLogger().handlers):
+      if isinstance(h, workdir._LogFile):   # pylint: disable=protected-access
+        py_logging.getLogger().removeHandler(h)
+        h.close()
+    threading.excepthook, sys.unraisablehook = old_hook, old_unraisable

@@ -83,8 +83,12 @@ def count() -> int:
   return jax.process_count()
 
 
+def index() -> int:
+  return jax.process_index()
+
+
 def is_primary() -> bool:
-  return jax.process_index() == 0
+  return index() == 0
 
 
 def _state():

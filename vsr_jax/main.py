@@ -15,6 +15,7 @@ once, and the others stop when they miss its heartbeat.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import re
 import sys
@@ -24,6 +25,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vsr_jax import config_lib
+from vsr_jax import workdir as workdir_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file: path/to/file.py[:arg] (--config.a.b=value overrides a field).")
@@ -90,16 +92,19 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 class _QuietLibraries:
-  """Keeps INFO chatter of orbax/jax internals out of the run's log (warnings still show)."""
+  """Keeps INFO chatter of orbax/jax internals out of the terminal (warnings still show), and
+  background threads' tracebacks too (they are in <workdir>/log.txt; the error they cause
+  reaches the terminal from the main thread)."""
 
   def filter(self, record) -> bool:
+    if workdir_lib.is_background(record):
+      return False
     noisy = ("/orbax/", "/jax/_src/", "/etils/")
     return record.levelno >= 30 or not any(n in record.pathname for n in noisy)
 
 
 def eval_config(config, overrides: dict):
   """--mode=eval: the overrides may touch only what evaluation reads."""
-  from vsr_jax import workdir as workdir_lib   # pylint: disable=g-import-not-at-top
   training = sorted(f for f in overrides if not workdir_lib.is_eval_field(f))
   if training:
     raise config_lib.ConfigError(
@@ -134,7 +139,16 @@ def main(argv):
     logging.error("%s: %s", type(e).__name__, e)
     _exit_now_if_multihost(f"error: {e}")
     sys.exit(f"error: {e}")
-  except BaseException:   # pylint: disable=broad-except (re-raised with one process)
+  except BaseException as e:   # pylint: disable=broad-except (re-raised with one process)
+    where = workdir_lib.disk_full(e)
+    if where is not None:
+      # A full disk: one line (the traceback, and Orbax's threads' own, go to log.txt).
+      std_logging.getLogger(workdir_lib.BACKGROUND).error("write failed", exc_info=True)
+      message = (f"error: no space left on the disk of --workdir={FLAGS.workdir}"
+                 + (f" (writing {where})" if where else "") + ": free space or use another "
+                 "--workdir; the same command then resumes from the newest intact checkpoint")
+      _exit_now_if_multihost(message)
+      sys.exit(message)
     _exit_now_if_multihost(traceback.format_exc())
     raise
 

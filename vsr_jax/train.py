@@ -53,6 +53,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Claimed only now: a run that failed on its input (a missing manual_dir, a bad file, a
   # corpus too small for the mesh) leaves no config.json to refuse the corrected command.
   hosts.primary_first(lambda: workdir_lib.claim(config, workdir), "workdir")
+  workdir_lib.attach_log(workdir, hosts.index())
   # TensorBoard events from process 0 only (every process logs its own progress lines).
   with (SummaryWriter(os.path.join(workdir, "tb")) if hosts.is_primary()
         else contextlib.nullcontext()) as writer:
@@ -104,4 +105,5 @@ def evaluate_workdir(config, workdir: str, eval_name: str = "") -> dict:
     raise workdir_lib.WorkdirError(
         "config.eval.checkpoint evaluates an earlier step: give it an --eval_name so that the "
         "run's own outputs stay those of its final checkpoints")
+  workdir_lib.attach_log(out, hosts.index())
   return evaluate.evaluate_run(ctx, out)

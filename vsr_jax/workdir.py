@@ -4,6 +4,8 @@ a half-written workdir for a complete one.
   config.json            the resolved config (written first; later runs must match it)
   checkpoints/<stage>/   Orbax CheckpointManager directories (vsr_jax/checkpoints.py)
   metrics.json           written last and atomically: its presence means the outputs are complete
+  log.txt                every log line of the runs on it, with the tracebacks of background
+                         threads (Orbax's savers) that the terminal does not show
   predictions/<row>.jsonl, tvr_submission.json, submissions/<row>.tvr.json, tb/ (TensorBoard)
   evals/<name>/          `--mode=eval --eval_name=NAME`: the same outputs (and the eval's own
                          config.json) for another evaluation of the run, never over its own
@@ -11,10 +13,15 @@ a half-written workdir for a complete one.
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
+import logging as py_logging
 import os
+import re
 import shutil
+import sys
+import threading
 
 from absl import logging
 
@@ -233,3 +240,76 @@ def staging_dir(workdir: str) -> str:
   shutil.rmtree(path, ignore_errors=True)
   os.makedirs(path)
   return path
+
+
+# ----------------------------------------------------------------------------- the run's log
+
+# Log records of background work (Orbax's save threads, asyncio tasks, threads and callbacks
+# that fail at exit): their tracebacks go to log.txt only; the error they cause reaches the
+# terminal as one line from the main thread.
+BACKGROUND = "vsr_jax.background"
+
+
+class _LogFile(py_logging.FileHandler):
+  """Appends to log.txt; a log that cannot be written (a full disk) is skipped, never an
+  error of its own."""
+
+  def handleError(self, record):
+    del record
+
+
+def attach_log(directory: str, process: int = 0) -> str:
+  """Every log record from now on also goes to <directory>/log.txt (log.process<i>.txt for
+  the other processes of a multi-host run); background threads' and exit callbacks' failures
+  are logged there instead of printed. Returns the file's path."""
+  name = "log.txt" if process == 0 else f"log.process{process}.txt"
+  path = os.path.join(directory, name)
+  root = py_logging.getLogger()
+  for h in root.handlers:
+    if isinstance(h, _LogFile):
+      if h.baseFilename == os.path.abspath(path):
+        return path
+      root.removeHandler(h)
+      h.close()
+  handler = _LogFile(path, encoding="utf-8", delay=True)
+  handler.setFormatter(py_logging.Formatter(
+      "%(levelname).1s%(asctime)s %(threadName)s %(filename)s:%(lineno)d] %(message)s"))
+  root.addHandler(handler)
+  background = py_logging.getLogger(BACKGROUND)
+  threading.excepthook = lambda a: background.error(
+      "thread %s failed", a.thread.name if a.thread else "?",
+      exc_info=(a.exc_type, a.exc_value, a.exc_traceback))
+  sys.unraisablehook = lambda u: background.error(
+      "%s", u.err_msg or "exception ignored", exc_info=(u.exc_type, u.exc_value,
+                                                        u.exc_traceback))
+  return path
+
+
+def is_background(record) -> bool:
+  """A log record of background work (see BACKGROUND), kept off the terminal."""
+  return record.levelno >= py_logging.ERROR and (
+      record.name in (BACKGROUND, "asyncio") or "/orbax/" in record.pathname)
+
+
+_WRITE_FAILED = re.compile(r'(?:No space left on device|RESOURCE_EXHAUSTED: Error writing|'
+                           r'Disk quota exceeded)')
+_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+
+
+def disk_full(error: BaseException) -> str | None:
+  """If `error` (or any exception in its chain) is a write that failed for lack of space,
+  the first path one of them names (or '' when none does); else None."""
+  found, seen = None, set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    path = None
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+      path = error.filename or ""
+    elif _WRITE_FAILED.search(str(error)):
+      m = _QUOTED_PATH.search(str(error))
+      path = m.group(1) if m else ""
+    if path:
+      return path
+    found = found if path is None else path
+    error = error.__cause__ or error.__context__
+  return found
