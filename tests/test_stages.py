@@ -209,3 +209,27 @@ def test_a_failed_background_save_is_the_loop_s_error(tmp_path, monkeypatch, ste
   monkeypatch.setattr(async_checkpointer, "_background_wait_for_commit_futures", failing)
   with pytest.raises(OSError, match="disk full"):
     base.run_loop(toy_loop(steps=steps), toy_context(tmp_path))
+
+
+def test_engine_loops_make_their_initial_state_under_jit():
+  """Stage 0's joint and text-only phases describe their state by a pure init (shaped by
+  jax.eval_shape, made in a sharded jit), not a host-made state; the text-only phase starts
+  from the joint phase's text parameters as they are."""
+  import types   # pylint: disable=g-import-not-at-top
+  from vsr_jax.engine import towers   # pylint: disable=g-import-not-at-top
+  config = config_lib.load(SMOKE, {"engine.train.text_only_steps": "2"})
+  engine = towers.build_engine(config, 64)
+  ctx = types.SimpleNamespace(config=config, engine=engine, splits={}, tokenizer=None)
+  stage = registry.STAGES.get("engine")
+  loop = stage.loop(ctx)
+  assert loop.state is None and loop.init is not None
+  shapes = loop.abstract_state()
+  made = loop.initial_state()
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), made) == \
+      jax.tree.map(lambda a: (a.shape, a.dtype), shapes)
+  assert int(made.step) == 0 and set(made.params) == {"text", "video"}
+  text_params = jax.tree.map(lambda a: a + 1.0, made.params["text"])
+  text = stage.loop(ctx, text_only=True, video_params=made.params["video"],
+                    text_params=text_params)
+  assert text.state is None
+  jax.tree.map(np.testing.assert_array_equal, text.initial_state().params["text"], text_params)

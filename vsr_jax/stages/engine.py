@@ -38,8 +38,9 @@ def joint_steps(cfg) -> int:
   return cfg.steps - cfg.text_only_steps
 
 
-def joint_state(config, engine):
-  params = towers.init_engine(engine, config, jax.random.PRNGKey(config.seed))
+def joint_state(config, engine, rng=None):
+  rng = jax.random.PRNGKey(config.seed) if rng is None else rng
+  params = towers.init_engine(engine, config, rng)
   tx = _tx(config.engine.train, params, joint_steps(config.engine.train))
   return train_state.TrainState.create(apply_fn=engine.apply, params=params, tx=tx)
 
@@ -137,9 +138,19 @@ class EngineStage(base.Stage):
       return state.apply_gradients(grads=grads), metrics
 
     folder = "engine_text" if text_only else "engine"
-    state = text_state(config, engine, text_params) if text_only else joint_state(config, engine)
+    # The initial state is made in a jit sharded by config.mesh.params (base.Loop.init), except
+    # a pretrained text tower's, whose weights are read from files on the host.
+    state, init, init_args = None, None, ()
+    if text_only:
+      init, init_args = functools.partial(text_state, config, engine), (text_params,)
+    elif hasattr(engine.text, "model_dir"):
+      state = joint_state(config, engine)
+    else:
+      init = functools.partial(joint_state, config, engine)
+      init_args = (jax.random.PRNGKey(config.seed),)
     return base.Loop(
-        folder=folder, steps=dict(self.folders(config))[folder], state=state,
+        folder=folder, steps=dict(self.folders(config))[folder], state=state, init=init,
+        init_args=init_args,
         description=self.describe(config, folder), step_fn=step_fn, batch_fn=batch_fn,
         extra_fn=lambda: {"hard_pool": lc["hard"]},
         restore_extra=lambda extra: lc.update(hard=extra.get("hard_pool")),
