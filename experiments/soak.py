@@ -7,10 +7,10 @@ end with the outputs of an uninterrupted run, byte for byte.
 1. DIR/reference: the config run once, uninterrupted (its wall time sets the kill window).
 2. DIR/soak: the same command started again and again; each start is killed (SIGKILL, the
    whole process group) after a delay drawn uniformly from [0, the reference's wall time]
-   (numpy's default_rng(seed)); a start that finishes before its kill ends the killing early.
-   Then it runs to the end.
-3. The outputs (metrics.json, tvr_submission.json, predictions/, submissions/) are compared
-   with the reference's byte for byte.
+   (numpy's default_rng(seed)), until a start finishes before its kill: one round.
+3. The round's outputs (metrics.json, tvr_submission.json, predictions/, submissions/) are
+   compared with the reference's byte for byte; rounds repeat from scratch until N kills have
+   landed (a resumed run is soon shorter than most delays, so one round lands only a few).
 
 --damage=P: after each kill, with probability P, bytes in a random file of a random checkpoint
 step are overwritten; the resumed run must then either recover from an intact checkpoint (the
@@ -124,9 +124,37 @@ def main(argv):
   with open(timing) as f:
     window = float(f.read())      # the kill window: an uninterrupted run's wall time
   print(f"reference: {window:.0f} s")
+  totals = {"landed": 0, "damaged": 0, "recovered": 0, "stopped": 0}
+  rounds, failed = 0, []
+  while totals["landed"] < FLAGS.kills:
+    rounds += 1
+    got = soak_round(soak, window, rng, FLAGS.kills - totals["landed"])
+    for key in totals:
+      totals[key] += got[key]
+    diff = differences(ref, soak)
+    print(f"round {rounds}: {got['landed']} kills landed; outputs "
+          + ("identical" if not diff else f"DIFFER: {diff}"), flush=True)
+    if diff:
+      failed.append(rounds)
+      shutil.copytree(soak, f"{soak}.round{rounds}")   # kept for a look
+    if rounds >= 4 * FLAGS.kills:
+      break                      # every start finishes before its kill: stop trying
+  print(f"seed {FLAGS.seed}: {totals['landed']} kills landed of {FLAGS.kills} over {rounds} "
+        f"run(s) to completion; {totals['damaged']} checkpoints damaged: "
+        f"{totals['recovered']} found and resumed from an earlier step, {totals['stopped']} "
+        f"stopped with the 'damaged' error (its checkpoints deleted, retrained), the rest "
+        f"overwritten before any start read them; outputs "
+        + ("identical to the uninterrupted run in every round" if not failed
+           else f"DIFFER in round(s) {failed}"))
+  sys.exit(1 if failed else 0)
+
+
+def soak_round(soak: str, window: float, rng, kills: int) -> dict:
+  """One run from scratch to completion in `soak`, killed at up to `kills` instants (each
+  start after a delay drawn from [0, window]; a start that finishes first ends the round)."""
   shutil.rmtree(soak, ignore_errors=True)
   landed = damaged = stopped = 0
-  for _ in range(FLAGS.kills):
+  while landed < kills:
     code, err = run(command(FLAGS.config, soak), timeout=float(rng.uniform(0, window)))
     if code is not None:
       if code != 0 and "damaged" in err:
@@ -147,17 +175,11 @@ def main(argv):
       raise SystemExit(f"the final start failed ({code}): {err}")
     stopped += 1
     shutil.rmtree(os.path.join(soak, "checkpoints"))
-  diff = differences(ref, soak)
   # Damaged steps a start found, moved aside and resumed before (checkpoints/<loop>.damaged/).
   root = os.path.join(soak, "checkpoints")
   recovered = sum(len(os.listdir(os.path.join(root, d))) for d in os.listdir(root)
                   if d.endswith(".damaged")) if os.path.isdir(root) else 0
-  print(f"seed {FLAGS.seed}: {landed} kills landed of {FLAGS.kills}; {damaged} checkpoints "
-        f"damaged: {recovered} found and resumed from an earlier step, {stopped} stopped with "
-        f"the 'damaged' error (its checkpoints deleted, retrained), the rest overwritten "
-        f"before any start read them; outputs "
-        + ("identical to the uninterrupted run" if not diff else f"DIFFER: {diff}"))
-  sys.exit(1 if diff else 0)
+  return {"landed": landed, "damaged": damaged, "recovered": recovered, "stopped": stopped}
 
 
 if __name__ == "__main__":
