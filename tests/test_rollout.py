@@ -264,3 +264,48 @@ def test_a_host_frame_store_on_disk_gives_the_same_episodes(setup, sampled, tmp_
   np.testing.assert_array_equal(frames, features[np.asarray(vid)])
   with pytest.raises(ValueError, match="frame_store='disk'"):
     rollout.Corpus.from_split(c.index, split, frame_store="disk")
+
+
+# ------------------------------------------------------------------ reject-masking
+
+
+def numpy_order(vectors, q):
+  """Every query's videos best first (ties to the lower id)."""
+  s = np.asarray(q, np.float64) @ np.asarray(vectors, np.float64).T
+  return np.lexsort((np.broadcast_to(np.arange(s.shape[1]), s.shape), -s), axis=1)
+
+
+def test_retrieve_skips_rejected_videos_and_ranks_among_the_rest(setup):
+  vectors = setup["vectors"]
+  index = index_lib.ExactIndex.build(vectors)
+  q = np.random.default_rng(7).standard_normal((4, E)).astype(np.float32)
+  order = numpy_order(vectors, q)
+  # Query 0: nothing rejected. 1: its top-1 rejected, gt = its 2nd. 2: top-1 and top-2
+  # rejected, gt = its 5th (two rejected ahead). 3: gt itself rejected.
+  rejected = np.full((4, 2), -1, np.int32)
+  rejected[1, 0] = order[1, 0]
+  rejected[2] = order[2, :2]
+  rejected[3, 1] = order[3, 3]
+  gt = np.array([order[0, 2], order[1, 1], order[2, 4], order[3, 3]], np.int32)
+  vid, rank, engine_rank = jax.jit(rollout.retrieve)(index, q, gt, rejected)
+  np.testing.assert_array_equal(vid, [order[0, 0], order[1, 1], order[2, 2], order[3, 0]])
+  np.testing.assert_array_equal(engine_rank, [3, 2, 5, 4])
+  np.testing.assert_array_equal(rank, [3, 1, 3, V + 1])
+
+
+def test_mask_rejected_never_retrieves_a_rejected_video_again(setup):
+  """Always not_matched, 3 turns: with mask_rejected no turn retrieves a video an earlier turn
+  of its episode retrieved; `rank` counts among the unrejected videos (1 exactly when the
+  retrieved video is the ground truth). Without it, the same episode as before the option."""
+  never = with_verify_bias(setup["params"], False)
+  masked = run(setup, dataclasses.replace(SAMPLE, mask_rejected=True), params=never, rng=5)
+  plain = run(setup, SAMPLE, params=never, rng=5)
+  for t in range(1, SAMPLE.turns):
+    for s in range(t):
+      assert (masked["retrieved"][t] != masked["retrieved"][s]).all(), (t, s)
+  np.testing.assert_array_equal(masked["rank"] == 1, masked["retrieved"] == setup["gt"][None])
+  assert (masked["engine_rank"] >= masked["rank"]).all()
+  np.testing.assert_array_equal(plain["engine_rank"], plain["rank"])
+  np.testing.assert_array_equal(masked["retrieved"][0], plain["retrieved"][0])
+  # The random agent's refined queries stay near the original: unmasked turns repeat videos.
+  assert (plain["retrieved"][1:] == plain["retrieved"][:1]).any()

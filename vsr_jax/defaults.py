@@ -242,6 +242,13 @@ def base_config() -> ml_collections.ConfigDict:
   # query) | 'bound' (reported as the list's depth + 1; metrics.json says so).
   c.index.scann.beyond = "exact"
 
+  # ---- rollout: the episode, in GRPO's training and in evaluation.
+  c.rollout = ml_collections.ConfigDict()
+  # A video the agent rejected is not retrieved again in a later turn of the episode (the best
+  # unrejected one instead); ranks then count among the unrejected videos (`engine_rank` in
+  # the predictions: the index's own). The reference retrieves the refined query's top-1.
+  c.rollout.mask_rejected = False
+
   # ---- eval: the FIG and TVR protocols.
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256

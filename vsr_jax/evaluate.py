@@ -40,6 +40,9 @@ class Turn:
   retrieved: np.ndarray       # [Q] top-1 video index
   answer: np.ndarray          # [Q] bool verdict 'matched'
   pred_time: np.ndarray       # [Q, 2] seconds, grounded in the retrieved video
+  # [Q] the index's own GT rank; `rank` counts among the videos not rejected earlier in the
+  # episode (rollout.mask_rejected; the same numbers without it). None: equal to rank.
+  engine_rank: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -68,7 +71,8 @@ def prediction_rows(row: RowResult, split):
   """One record per query, with the reference evaluator's fields (METHOD.md section 7): a turn's
   `iou_r1` is its span's IoU only when its verdict is `matched` AND its top-1 video is the
   ground truth, else 0 (what mIoU@R1 and IoU@theta@R1 average); `iou_raw` is the ungated IoU.
-  `rank` is the GT rank at the turn (the reference's `policy_rank` for the per-turn R@k)."""
+  `rank` is the GT rank at the turn (the reference's `policy_rank` for the per-turn R@k), among
+  the videos not rejected earlier under rollout.mask_rejected (`engine_rank`: the index's)."""
   final = row.turns[-1]
   for i in range(split.num_queries):
     gt = int(split.video_index[i])
@@ -79,6 +83,7 @@ def prediction_rows(row: RowResult, split):
       counts = bool(t.answer[i]) and int(t.retrieved[i]) == gt
       turns.append({
           "rank": int(t.rank[i]), "policy_rank": int(t.policy_rank[i]),
+          "engine_rank": int((t.rank if t.engine_rank is None else t.engine_rank)[i]),
           "iou_r1": iou if counts else 0.0, "iou_raw": iou,
           "retrieved_video": split.video_ids[int(t.retrieved[i])],
           "answer": "matched" if t.answer[i] else "not_matched",
@@ -313,7 +318,7 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
       hosts.put_rows, sharding=sharding.batch_sharded(mesh))
   rng = jax.random.PRNGKey(0)
   Q, T = split.num_queries, spec.turns
-  keep = ("retrieved", "rank", "policy_rank", "verdict", "pred_time")
+  keep = ("retrieved", "rank", "engine_rank", "policy_rank", "verdict", "pred_time")
   per_turn = {k: [] for k in keep}
   finals = []
   progress = Progress(f"evaluate {name}", Q, "queries", config.log.progress_seconds)
@@ -326,7 +331,8 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
     finals.append(steps["final_query"][:real])
     progress.update(min(start + batch, Q))
   per_turn = {k: np.concatenate(v, 1) for k, v in per_turn.items()}
-  turns = [Turn(rank=per_turn["rank"][t], policy_rank=per_turn["policy_rank"][t],
+  turns = [Turn(rank=per_turn["rank"][t], engine_rank=per_turn["engine_rank"][t],
+                policy_rank=per_turn["policy_rank"][t],
                 retrieved=per_turn["retrieved"][t],
                 answer=per_turn["verdict"][t] == policy.MATCHED,
                 pred_time=per_turn["pred_time"][t]) for t in range(T)]
@@ -406,7 +412,8 @@ def agent_episode(ctx, name, row):
         f" head; stage {row.stage!r} trained an agent with the {agent.refine} head")
   spec = rollout.EpisodeConfig(turns=row.turns or config.eval.turns,
                                num_latents=config.agent.num_latents, refine=refine,
-                               sigma=config.agent.sigma, mode="greedy")
+                               sigma=config.agent.sigma, mode="greedy",
+                               mask_rejected=config.rollout.mask_rejected)
   return agent, spec
 
 

@@ -145,6 +145,30 @@ class EpisodeConfig:
   refine: str          # a registered refiner (vsr_jax/agent/refiners.py): sqr | hqr | ...
   sigma: float         # std of the Gaussian latent policy (sampling)
   mode: str            # greedy | sample | forced
+  # A video the agent rejected (not_matched) is not retrieved again in a later turn of the
+  # episode: the best unrejected video instead (config.rollout.mask_rejected).
+  mask_rejected: bool = False
+
+
+def retrieve(index, q, gt, rejected):
+  """The best video for q [B, E] that is not in rejected [B, R] (-1: empty slots), and the
+  ranks of gt [B]: (video [B], rank among the unrejected videos [B], the index's own rank [B]).
+
+  The list searched is R + 1 deep, so it holds an unrejected video. The rank among the
+  unrejected is the index's rank less the rejected videos listed ahead of gt (exact when gt
+  is within the list; past it, a rejected video outside the list is not known to be ahead);
+  a gt that was itself rejected cannot come back: its rank is the corpus size + 1."""
+  k = min(rejected.shape[1] + 1, index.size)
+  _, ids, rank = index.search_and_rank(q, k, gt)
+  listed = ids >= 0
+  is_rej = (ids[:, :, None] == rejected[:, None, :]).any(-1) & listed
+  usable = listed & ~is_rej
+  pos = jnp.where(usable.any(-1), jnp.argmax(usable, -1), 0)
+  vid = jnp.take_along_axis(ids, pos[:, None], 1)[:, 0]
+  ahead = jnp.sum(is_rej & (jnp.arange(k)[None, :] < rank[:, None] - 1), -1)
+  gt_rejected = (rejected == gt[:, None]).any(-1)
+  kept_rank = jnp.where(gt_rejected, index.size + 1, rank - ahead).astype(jnp.int32)
+  return vid, kept_rank, rank
 
 
 def engine_view(agent: Agent, engine: DualEncoder, engine_params, frames, query_vec) -> dict:
@@ -180,13 +204,13 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
   refiner = registry.REFINERS.get(spec.refine)
 
   def turn(carry, t):
-    q, done, record = carry
+    q, done, record, rejected = carry
     f_t = None if forced is None else jax.tree.map(lambda x: x[t], forced)
     if f_t is None:
-      _, ids, rank = corpus.index.search_and_rank(jax.lax.stop_gradient(q), 1, gt)
-      vid = ids[:, 0]
+      vid, rank, engine_rank = retrieve(corpus.index, jax.lax.stop_gradient(q), gt, rejected)
     else:   # replay: the recorded observations, no search
       vid, rank = f_t["retrieved"], jnp.zeros(B, jnp.int32)
+      engine_rank = rank
       # The recorded query vector too: another policy's append projector would rebuild a
       # different one, and the log-probs must be of the same observations.
       q = f_t["query"]
@@ -213,16 +237,17 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
                                                      engine_params, out, spec.sigma)  # [B, N]
     q_next = engine.apply({"params": engine_params}, tokens, soft if N else None,
                           method=DualEncoder.encode_text)
-    if f_t is None:
-      _, _, next_rank = corpus.index.search_and_rank(jax.lax.stop_gradient(q_next), 1, gt)
-    else:
-      next_rank = rank
-
     active = ~done
     matched = verdict == MATCHED
     refines = active & ~matched & (t < T - 1) & (N > 0)
+    if spec.mask_rejected:
+      rejected = rejected.at[:, t].set(jnp.where(active & ~matched, vid, -1))
+    if f_t is None:
+      _, next_rank, _ = retrieve(corpus.index, jax.lax.stop_gradient(q_next), gt, rejected)
+    else:
+      next_rank = rank
     now = {
-        "retrieved": vid, "rank": rank,
+        "retrieved": vid, "rank": rank, "engine_rank": engine_rank,
         "policy_rank": jnp.where(refines, next_rank, rank),
         "verdict": verdict, "span": span,
         "pred_time": span_to_seconds(span, frame_seconds, duration),
@@ -237,15 +262,18 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
         span_logp=jnp.take_along_axis(span_lp, span_flat[:, None], -1)[:, 0],
         refine_logp=refine_lp, refine_action=refine_action, next_query=q_next)
     q = jnp.where(refines[:, None], q_next, q)
-    return (q, done | (active & ~refines), record), step
+    return (q, done | (active & ~refines), record, rejected), step
 
   init_record = {
       "retrieved": jnp.zeros(B, jnp.int32), "rank": jnp.zeros(B, jnp.int32),
+      "engine_rank": jnp.zeros(B, jnp.int32),
       "policy_rank": jnp.zeros(B, jnp.int32), "verdict": jnp.zeros(B, jnp.int32),
       "span": jnp.zeros((B, 2), jnp.int32), "pred_time": jnp.zeros((B, 2), jnp.float32),
       "query": q0,
   }
-  carry = (q0, jnp.zeros(B, bool), init_record)
+  # Videos rejected so far (slot t: turn t's, -1 if none); all empty without mask_rejected.
+  rejected = jnp.full((B, T if spec.mask_rejected else 0), -1, jnp.int32)
+  carry = (q0, jnp.zeros(B, bool), init_record, rejected)
   if unrolled:
     outs = []
     for t in range(T):
@@ -254,7 +282,7 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
     q_final = carry[0]
     steps = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
   else:
-    (q_final, _, _), steps = jax.lax.scan(turn, carry, jnp.arange(T))
+    (q_final, _, _, _), steps = jax.lax.scan(turn, carry, jnp.arange(T))
   steps["orig_query"] = q0
   steps["final_query"] = q_final
   return steps

@@ -37,7 +37,7 @@ MUTABLE_FIELDS = ("data.features_on_disk",)
 # (Not data.dir: another folder is another dataset, whose word vocabulary would remap the
 # run's token ids.)
 EVAL_FIELDS = ("eval", "index", "log", "mesh", "checkpoint", "data.eval_split", "imports",
-               *MUTABLE_FIELDS)
+               "rollout", *MUTABLE_FIELDS)
 # Fields renamed since a run was written: old path -> new path (read_config moves them).
 RENAMED = {"agent.turns": "eval.turns"}
 # Sections keyed by the run's own names: taken whole from a saved config.

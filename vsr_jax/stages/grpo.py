@@ -21,7 +21,8 @@ from vsr_jax.stages.sft import AgentStage, ret_keys, train_retrieval
 
 def episode_config(config, *, turns: int, mode: str, refine: str) -> EpisodeConfig:
   return EpisodeConfig(turns=turns, num_latents=config.agent.num_latents, refine=refine,
-                       sigma=config.agent.sigma, mode=mode)
+                       sigma=config.agent.sigma, mode=mode,
+                       mask_rejected=config.rollout.mask_rejected)
 
 
 def grpo_queries(first_hit: np.ndarray, cfg, seed: int) -> Callable[[int], np.ndarray]:
@@ -56,7 +57,7 @@ def grpo_queries(first_hit: np.ndarray, cfg, seed: int) -> Callable[[int], np.nd
 class GrpoStage(AgentStage):
   name = "grpo"
   after = ("engine", "sft")
-  reads = ("agent", "grpo")
+  reads = ("agent", "grpo", "rollout")
 
   def folders(self, config):
     return [(self.name, config.grpo.steps)]
