@@ -40,6 +40,7 @@ def test_base_config_validates():
     ({"eval.frame_store": "disk"}, "eval.frame_store"),
     ({"data.source": "tfds", "data.features_on_disk": "True"}, "data.features_on_disk"),
     ({"index.scann.beyond": "nearest"}, "index.scann.beyond"),
+    ({"eval.max_queries": "-1"}, "eval.max_queries"),
     ({"sft.steps": "0"}, "sft.steps"),
     ({"grpo.steps": "0"}, "grpo.steps"),
     ({"eval.batch_size": "0"}, "eval.batch_size"),

@@ -349,3 +349,15 @@ def test_features_on_disk_bad_file_leaves_nothing_behind(dataset_copy):
   assert os.listdir(os.path.join(dataset_copy, "cache")) == []
   np.save(path, good)
   np.testing.assert_array_equal(load(dataset_copy, "test", on_disk).features, split.features)
+
+
+def test_first_queries_keeps_the_corpus_whole(dataset):
+  split = load(dataset[0], "test")
+  head = store.first_queries(split, 5)
+  assert head.num_queries == 5 and head.num_videos == split.num_videos
+  assert head.features is split.features
+  np.testing.assert_array_equal(head.video_index, split.video_index[:5])
+  np.testing.assert_array_equal(head.tokens, split.tokens[:5])
+  assert head.queries == split.queries[:5]
+  assert store.first_queries(split, 0) is split
+  assert store.first_queries(split, split.num_queries + 1) is split

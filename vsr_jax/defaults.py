@@ -253,6 +253,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
   c.eval.tvr_top_k = 100           # predictions per query in tvr_submission.json
+  c.eval.max_queries = 0           # > 0: only the eval split's first N queries (whole corpus)
   c.eval.grounding = "frame_similarity"  # baseline grounding: frame_similarity | whole_video
   c.eval.turns = 2                 # T at evaluation (may exceed grpo.turns)
   # The episodes' frame store: device (split over mesh.corpus) | host (only the retrieved
@@ -318,6 +319,7 @@ NUMERIC_RULES = {
     "mlp_dim": (lambda v: v >= 1, ">= 1"),
     "embed_dim": (lambda v: v >= 1, ">= 1"),
     "hidden": (lambda v: v >= 1, ">= 1"),
+    "max_queries": (lambda v: v >= 0, ">= 0 (0: every query)"),
 }
 NUMERIC_SECTIONS = ("engine", "agent", "sft", "grpo", "eval", "log", "checkpoint")
 

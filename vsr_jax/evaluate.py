@@ -23,6 +23,7 @@ from vsr_jax import config_lib, hosts, registry, rollout, sharding
 from vsr_jax import metrics as metrics_lib
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
+from vsr_jax.data import store
 from vsr_jax.engine import encode
 from vsr_jax.engine import index as index_lib
 from vsr_jax.engine.index import check_top_k
@@ -431,7 +432,7 @@ def evaluate_run(ctx, out_dir: str) -> dict:
   """Every row of config.eval.rows whose stage is in config.stages, on config.data.eval_split;
   writes the outputs into out_dir (published atomically, metrics.json last)."""
   config = ctx.config
-  split = ctx.splits[config.data.eval_split]
+  split = store.first_queries(ctx.splits[config.data.eval_split], config.eval.max_queries)
   videos = encode.encode_videos(ctx.engine, ctx.engine_params, split.features, split.num_frames,
                                 config.eval.batch_size, name="encode corpus",
                                 every_seconds=config.log.progress_seconds)

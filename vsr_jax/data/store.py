@@ -161,6 +161,17 @@ class Split:
     return len(self.desc_ids)
 
 
+def first_queries(split: Split, n: int) -> Split:
+  """The split with its first n queries only (n <= 0 or >= its count: the split itself); the
+  corpus stays whole."""
+  if n <= 0 or n >= split.num_queries:
+    return split
+  return dataclasses.replace(
+      split, desc_ids=split.desc_ids[:n], queries=split.queries[:n], tokens=split.tokens[:n],
+      fine=split.fine[:n], video_index=split.video_index[:n], times=split.times[:n],
+      query_features=None if split.query_features is None else split.query_features[:n])
+
+
 def load_features(path: str, feature_dim: int) -> np.ndarray:
   """One video's [num_frames, feature_dim] features, checked."""
   if not os.path.isfile(path):
