@@ -3,6 +3,7 @@
 Both backends are pytrees that can be passed into jitted code and answer
   search(q [..., E], k)            -> scores [..., k], ids [..., k] (best first)
   search_and_rank(q, k, gt [...])  -> scores, ids, rank [...] (1 = the ground truth is top-1)
+  size                             -> the number of videos (a Python int)
 * ExactIndex: matmul + lax.top_k on device; on a mesh with a 'corpus' axis the vectors are
   split along it (each shard finds its own top-k for its slice of the queries, then the
   shards' candidates are merged).
