@@ -42,3 +42,22 @@ def test_grounding_by_scoring_all_frames_equals_the_gather_path(lists_setup, mon
   assert (all_frames.times[..., 1] - all_frames.times[..., 0] < whole - 1e-3).any()
   assert (all_frames.times[..., 0] >= 0).all()
   assert (all_frames.times[..., 1] <= whole + 1e-4).all()
+
+
+def test_path_metrics_count_turns_refinements_and_where_episodes_end():
+  """Three queries over 3 turns: matched at turn 1; refined once, matched at turn 2; refined
+  twice, last turn."""
+  def turn(active, refined):
+    z = np.zeros(3)
+    return evaluate.Turn(rank=np.ones(3, np.int32), policy_rank=z, retrieved=z, answer=z,
+                         pred_time=np.zeros((3, 2)), active=np.array(active, bool),
+                         refined=np.array(refined, bool))
+  got = evaluate.path_metrics([turn([1, 1, 1], [0, 1, 1]), turn([0, 1, 1], [0, 0, 1]),
+                               turn([0, 0, 1], [0, 0, 0])])
+  assert got["turns_used"] == pytest.approx(2.0) and got["searches"] == pytest.approx(2.0)
+  assert got["refinements"] == pytest.approx(1.0)
+  assert got["resolved"] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+  # The engine's single shot: one turn, one search, nothing refined.
+  one = evaluate.path_metrics([evaluate.Turn(rank=np.ones(4), policy_rank=None, retrieved=None,
+                                             answer=None, pred_time=None)])
+  assert one == {"turns_used": 1.0, "searches": 1.0, "refinements": 0.0, "resolved": [1.0]}

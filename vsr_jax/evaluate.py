@@ -44,6 +44,8 @@ class Turn:
   # [Q] the index's own GT rank; `rank` counts among the videos not rejected earlier in the
   # episode (rollout.mask_rejected; the same numbers without it). None: equal to rank.
   engine_rank: np.ndarray | None = None
+  active: np.ndarray | None = None    # [Q] bool: the episode took this turn (None: all did)
+  refined: np.ndarray | None = None   # [Q] bool: it refined its query at this turn
 
 
 @dataclasses.dataclass
@@ -56,13 +58,29 @@ class RowResult:
   vr: list
 
 
+def path_metrics(turns: list) -> dict:
+  """The cost of the retrieval path, per query: turns taken (each one index search), query
+  refinements, and (`resolved`) the share of queries whose episode ended at each turn."""
+  Q = len(turns[0].rank)
+  active = np.stack([np.ones(Q, bool) if t.active is None else t.active for t in turns])
+  refined = np.stack([np.zeros(Q, bool) if t.refined is None else t.refined for t in turns])
+  last = active.sum(0)                      # turns taken; episodes stop at their first no-go
+  return {"turns_used": float(last.mean()), "searches": float(last.mean()),
+          "refinements": float(refined.sum(0).mean()),
+          "resolved": [float(np.mean(last == t + 1)) for t in range(len(turns))]}
+
+
 def row_metrics(row: RowResult, split) -> dict:
   def fig(turn: Turn):
     return metrics_lib.fig_metrics(final_rank=turn.rank, orig_rank=row.orig_rank,
                                    answer=turn.answer, pred_time=turn.pred_time,
                                    gt_time=split.times)
   out = fig(row.turns[-1])
-  out["per_turn"] = [fig(t) for t in row.turns]
+  path = path_metrics(row.turns)
+  resolved = path.pop("resolved")
+  out.update(path)
+  # Each turn's share of the queries whose episode ended there.
+  out["per_turn"] = [dict(fig(t), resolved=r) for t, r in zip(row.turns, resolved)]
   out.update(metrics_lib.tvr_metrics(vcmr=row.vcmr, svmr=row.svmr, vr=row.vr,
                                      gt_video=split.video_index, gt_windows=split.times))
   return out
@@ -134,13 +152,14 @@ def format_table(all_metrics: dict) -> str:
   """Method rows x FIG columns (percent, mean rank as is), plus per-turn VR R@1."""
   cols = list(TABLE_COLUMNS)
   max_turns = max(len(m["per_turn"]) for m in all_metrics.values())
-  head = ["method"] + [c.replace("vcmr_r1_iou", "vcmr@") for c in cols] + [
+  head = ["method"] + [c.replace("vcmr_r1_iou", "vcmr@") for c in cols] + ["turns"] + [
       f"t{t + 1}_vr_r1" for t in range(max_turns)]
   lines = []
   for name, m in all_metrics.items():
     cells = [name]
     for c in cols:
       cells.append(f"{m[c]:.1f}" if c == "mean_rank" else f"{100 * m[c]:.1f}")
+    cells.append(f"{m['turns_used']:.2f}" if "turns_used" in m else "")
     per_turn = [f"{100 * t['vr_r1']:.1f}" for t in m["per_turn"]]
     cells += per_turn + [""] * (max_turns - len(per_turn))
     lines.append(cells)
@@ -319,7 +338,8 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
       hosts.put_rows, sharding=sharding.batch_sharded(mesh))
   rng = jax.random.PRNGKey(0)
   Q, T = split.num_queries, spec.turns
-  keep = ("retrieved", "rank", "engine_rank", "policy_rank", "verdict", "pred_time")
+  keep = ("retrieved", "rank", "engine_rank", "policy_rank", "verdict", "pred_time", "active",
+          "refines")
   per_turn = {k: [] for k in keep}
   finals = []
   progress = Progress(f"evaluate {name}", Q, "queries", config.log.progress_seconds)
@@ -333,6 +353,7 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
     progress.update(min(start + batch, Q))
   per_turn = {k: np.concatenate(v, 1) for k, v in per_turn.items()}
   turns = [Turn(rank=per_turn["rank"][t], engine_rank=per_turn["engine_rank"][t],
+                active=per_turn["active"][t], refined=per_turn["refines"][t],
                 policy_rank=per_turn["policy_rank"][t],
                 retrieved=per_turn["retrieved"][t],
                 answer=per_turn["verdict"][t] == policy.MATCHED,
