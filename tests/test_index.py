@@ -375,6 +375,10 @@ def test_scann_params():
   p = index_lib.scann_params(scann_cfg(num_leaves=50, num_leaves_to_search=80), 20)
   assert p["num_leaves"] == 20 and p["num_leaves_to_search"] == 20
   assert p["training_sample_size"] == 20
+  # A sample smaller than the leaves (the :smoke preset's 64 on a large corpus) is raised to
+  # one point per leaf (ScaNN refuses fewer).
+  p = index_lib.scann_params(scann_cfg(num_leaves=0, training_sample_size=64), 1_000_000)
+  assert p["num_leaves"] == 1000 and p["training_sample_size"] == 1000
 
 
 def test_scann_exact_when_searching_everything(scann_setup):

@@ -170,10 +170,15 @@ def scann_params(cfg, n: int) -> dict:
   """Resolved ScaNN parameters for a corpus of n vectors (cfg: config.index.scann)."""
   leaves = cfg.num_leaves or max(1, int(round(np.sqrt(n))))
   leaves = min(leaves, n)
+  # ScaNN trains its tree on the sample: it needs a point per leaf (and 16 for hashing).
+  sample = min(n, max(cfg.training_sample_size, leaves, 16))
+  if sample > cfg.training_sample_size:
+    logging.warning("index.scann.training_sample_size=%d is less than the %d leaves of %d "
+                    "vectors: %d sampled instead", cfg.training_sample_size, leaves, n, sample)
   return {
       "num_leaves": leaves,
       "num_leaves_to_search": min(leaves, cfg.num_leaves_to_search or max(1, leaves // 10)),
-      "training_sample_size": min(n, cfg.training_sample_size),
+      "training_sample_size": sample,
       "dims_per_block": cfg.dims_per_block,
       "anisotropic_quantization_threshold": cfg.anisotropic_quantization_threshold,
       "reorder": cfg.reorder,
