@@ -476,6 +476,16 @@ def test_scann_bound_reports_beyond_the_list_as_depth_plus_one(scann_setup):
     index_lib.ScannIndex.build(vectors, scann_cfg(beyond="nearest"))
 
 
+def test_scann_lists_deeper_than_rank_depth(scann_setup):
+  """k above the rank depth (eval.tvr_top_k > 100): the list is k deep, ranks inside it."""
+  vectors, _, _, q, gt, true_ranks = scann_setup
+  idx = index_lib.ScannIndex.build(vectors, scann_cfg(), rank_depth=10)
+  _, i, rank = jax.jit(lambda ix, qq, g: ix.search_and_rank(qq, 120, g))(idx, jnp.asarray(q),
+                                                                         jnp.asarray(gt))
+  np.testing.assert_array_equal(i, float_brute_force(vectors, q, 120)[0][1])
+  np.testing.assert_array_equal(rank, true_ranks)
+
+
 def test_scann_small_shard_is_searched_by_brute_force():
   """Fewer vectors than asymmetric hashing's 16 centres (a small corpus shard): exact search."""
   pytest.importorskip("scann")

@@ -144,9 +144,14 @@ def main(argv):
     if where is not None:
       # A full disk: one line (the traceback, and Orbax's threads' own, go to log.txt).
       std_logging.getLogger(workdir_lib.BACKGROUND).error("write failed", exc_info=True)
-      message = (f"error: no space left on the disk of --workdir={FLAGS.workdir}"
-                 + (f" (writing {where})" if where else "") + ": free space or use another "
-                 "--workdir; the same command then resumes from the newest intact checkpoint")
+      workdir = os.path.abspath(FLAGS.workdir or ".")
+      if not where or os.path.abspath(where).startswith(workdir + os.sep):
+        message = (f"error: no space left on the disk of --workdir={FLAGS.workdir}"
+                   + (f" (writing {where})" if where else "") + ": free space or use another "
+                   "--workdir; the same command then resumes from the newest intact checkpoint")
+      else:   # e.g. data.dir's generated data or features cache
+        message = (f"error: no space left on the disk of {where}: free space there (or point "
+                   "config.data.dir elsewhere) and run the same command again")
       _exit_now_if_multihost(message)
       sys.exit(message)
     _exit_now_if_multihost(traceback.format_exc())

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 
 import numpy as np
 from absl import logging
@@ -239,7 +240,7 @@ def _features_on_disk(prefix: str, key: str, video_ids: list, load: callable, sh
         meta = json.load(f)
       except json.JSONDecodeError:
         meta = {}
-    if meta.get("key") == key:
+    if meta.get("key") == key and meta.get("shape") == list(shape):
       aux = np.load(prefix + ".aux.npz")
       counts["videos_pooled_to_max_frames"] += int(aux["pooled"])
       logging.info("features read from %s (memory-mapped)", prefix + ".npy")
@@ -247,9 +248,15 @@ def _features_on_disk(prefix: str, key: str, video_ids: list, load: callable, sh
   os.makedirs(os.path.dirname(prefix), exist_ok=True)
   if os.path.exists(meta_path):
     os.remove(meta_path)                 # stale: no reader takes the files being replaced
-  tmp = f"{prefix}.partial-{os.getpid()}"
+  # Unique per writer: the processes of a multi-host run may write the same cache at once
+  # (same bytes; the last rename wins; a reader's map keeps the file it opened).
+  tmp = f"{prefix}.partial-{uuid.uuid4().hex}"
   try:
     features = np.lib.format.open_memmap(tmp + ".npy", "w+", np.float32, shape)
+    # Reserve the blocks now: a sparse file that meets a full disk later is a SIGBUS in the
+    # middle of the copy, not an error.
+    with open(tmp + ".npy", "r+b") as f:
+      os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp + ".npy"))
     before = counts["videos_pooled_to_max_frames"]
     num_frames, frame_seconds = _fill(features, video_ids, load, fps, counts, progress)
     features.flush()

@@ -247,16 +247,16 @@ class _Searchers:
     self.by_shard, self.shard_rows = hosts_by_shard, shard_rows
     self.num_vectors, self.depth = num_vectors, depth
 
-  def search(self, shard: int, q: np.ndarray):
+  def search(self, shard: int, q: np.ndarray, depth: int):
     """q [n, E] -> scores, global ids [n, depth] of this shard's best (id -1 / -inf: none)."""
     if shard not in self.by_shard:
       raise RuntimeError(f"ScaNN: corpus shard {shard} has no searcher in this process "
                          f"(it holds {sorted(self.by_shard)})")
     host = self.by_shard[shard]
     if host is None:
-      return (np.full((q.shape[0], self.depth), -np.inf, np.float32),
-              np.full((q.shape[0], self.depth), -1, np.int32))
-    scores, ids = host.search(q, self.depth)
+      return (np.full((q.shape[0], depth), -np.inf, np.float32),
+              np.full((q.shape[0], depth), -1, np.int32))
+    scores, ids = host.search(q, depth)
     return scores, np.where(ids >= 0, ids + shard * self.shard_rows, -1).astype(np.int32)
 
 
@@ -318,7 +318,11 @@ class ScannIndex:
         continue                                  # the same rows on another data replica
       rows = np.asarray(shard.data, np.float32)[:max(0, min(shard_rows, n - start))]
       name = f"shard_{s}_of_{num_shards}"
-      by_shard[s] = (_load_or_build(rows, cfg, os.path.join(directory, name) if directory
+      # A shard held by several processes (data replicas across hosts) is kept in the workdir
+      # by the first of them only; the others build it in memory (never read a folder that
+      # another process may be replacing).
+      keeps = directory and _first_holder(mesh, s) == jax.process_index()
+      by_shard[s] = (_load_or_build(rows, cfg, os.path.join(directory, name) if keeps
                                     else None, name) if rows.shape[0] else None)
     searchers = _Searchers(by_shard, shard_rows, n, depth)
     return cls(searchers, device if beyond == "exact" else None, mesh)
@@ -333,7 +337,7 @@ class ScannIndex:
       # Under vmap the callback sees extra leading (batch) dims: flatten, answer, restore.
       batch = q_np.shape[:-1]
       shard = int(np.asarray(shard_np).reshape(-1)[0])
-      scores, ids = searchers.search(shard, np.asarray(q_np).reshape(-1, e))
+      scores, ids = searchers.search(shard, np.asarray(q_np).reshape(-1, e), depth)
       return scores.reshape(*batch, depth), ids.reshape(*batch, depth)
 
     def call(qq, shard):
@@ -380,6 +384,15 @@ class ScannIndex:
     return s[..., :k], i[..., :k], jnp.where(in_list > 0, in_list, beyond).astype(jnp.int32)
 
 
+def _first_holder(mesh: Mesh | None, shard: int) -> int:
+  """The lowest process index among the devices that hold corpus shard `shard`."""
+  if mesh is None:
+    return jax.process_index()
+  axis = mesh.axis_names.index(sharding.CORPUS)
+  devices = np.take(mesh.devices, shard, axis=axis).ravel()
+  return min(d.process_index for d in devices)
+
+
 # Below this many rows a shard is searched by brute force (ScaNN's asymmetric hashing trains
 # 16 centres per block and refuses fewer points).
 _MIN_HASHED = 16
@@ -415,7 +428,7 @@ def _load_or_build(rows: np.ndarray, cfg, directory: str | None, name: str) -> _
 
 def save_scann(searcher, directory: str, meta: dict) -> None:
   """Serialises into a temporary directory, then renames: never a half-written index."""
-  tmp = directory.rstrip("/") + ".partial"
+  tmp = f"{directory.rstrip('/')}.partial-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   searcher.serialize(tmp, relative_path=True)
@@ -442,7 +455,9 @@ def _build_exact(config, vectors, mesh, directory):
 
 @registry.INDEX_BACKENDS.register("scann")
 def _build_scann(config, vectors, mesh, directory):
-  return ScannIndex.build(vectors, config.index.scann, directory=directory, mesh=mesh)
+  # Lists at least as deep as evaluation's TVR top-k: one depth, one rank past the list.
+  return ScannIndex.build(vectors, config.index.scann, directory=directory, mesh=mesh,
+                          rank_depth=max(100, config.eval.tvr_top_k))
 
 
 def build_index(config, vectors, *, mesh: Mesh | None = None, directory: str | None = None):
