@@ -474,7 +474,7 @@ def evaluate_run(ctx, out_dir: str) -> dict:
   names = [r.name for r in results]
   main_row = config.eval.submission_row if config.eval.submission_row in names else names[-1]
   # An index that does not rank past its list (ScaNN, beyond='bound') says so in every row:
-  # ranks there are this number, so mrr and mean_rank are bounds; R@k up to it is exact.
+  # ranks there are this number, so mrr and mean_rank are bounds; R@k below it is the list's.
   cap = getattr(index, "beyond_rank", None)
   notes = {"ranks_past_list_reported_as": cap} if cap else None
   all_metrics = write_outputs(out_dir, results, split, main_row=main_row, notes=notes)

@@ -264,7 +264,7 @@ class _Searchers:
 # 'exact' counts its exact rank on the device (an ExactIndex over the same vectors, split over
 # the mesh's 'corpus' axis: O(V) device work per query); 'bound' reports it as the list's depth
 # + 1 without looking (no O(V) work anywhere: mrr and mean_rank become bounds, R@k for k up to
-# the depth stays exact; metrics.json says so).
+# the depth is that of the searched list; metrics.json says so).
 SCANN_BEYOND = ("exact", "bound")
 
 
