@@ -205,7 +205,7 @@ def metrics(vr, mean_rank, turns):
 def test_results_table_on_hand_made_metrics(tmp_path):
   path = sweep_file(tmp_path, points=[{"agent.num_latents": n} for n in (1, 2)], seeds=(0, 1),
                     rows=("engine_single_shot", "agent_sqr_stage1"),
-                    metrics=("vr_r1", "mean_rank"))
+                    metrics=("vr_r1", "mean_rank"), plot_right="mean_rank")
   sweep = sweep_lib.build(path)
   root = tmp_path / "root"
   made = {"num_latents=1_seed0": (0.10, 3.0), "num_latents=1_seed1": (0.20, 5.0),
@@ -217,10 +217,11 @@ def test_results_table_on_hand_made_metrics(tmp_path):
         "agent_sqr_stage1": metrics(vr, rank, [0.05, vr])}))
   sweep_lib.write_results(sweep, str(root))
   md = (root / "results.md").read_text()
-  # vr_r1 of 10 % and 20 %: 15.0 ± 7.1 (ddof 1); one seed: '–'; mean_rank as it is.
+  # vr_r1 of 10 % and 20 %: 15.0 ± 7.1 (ddof 1); one seed: '–'; mean_rank as it is, to
+  # two decimals (a count per query such as turns_used needs them).
   assert "| num_latents=1 | 1 | 2 | 5.0 ± 0.0 | 15.0 ± 7.1 |" in md
   assert "| num_latents=2 | 2 | 1 | 5.0 ± – | 30.0 ± – |" in md
-  assert "| num_latents=1 | 1 | 2 | 9.0 ± 0.0 | 4.0 ± 1.4 |" in md
+  assert "| num_latents=1 | 1 | 2 | 9.00 ± 0.00 | 4.00 ± 1.41 |" in md
   assert "3 of 4 runs finished" in md
   with open(root / "results.csv") as f:
     table = list(csv.DictReader(f))
@@ -232,3 +233,38 @@ def test_results_table_on_hand_made_metrics(tmp_path):
   mean, std, n = cells["num_latents=1", "agent_sqr_stage1"]
   assert (round(mean, 6), round(std, 6), n) == (0.15, round(0.05 * 2 ** 0.5, 6), 2)
   assert (root / "vr_r1.png").stat().st_size > 0 and (root / "per_turn_vr_r1.png").exists()
+  assert sweep.plot_right == "mean_rank"
+
+
+def test_plot_right_draws_a_second_axis(tmp_path):
+  """`plot_right`: the second metric on the right-hand axis of the same plot, dashed, each row
+  in its colour on both axes; one more legend entry for the dashed lines."""
+  from matplotlib import pyplot as plt   # pylint: disable=g-import-not-at-top
+  path = sweep_file(tmp_path, points=[{"eval.turns": t} for t in (1, 2)],
+                    rows=("engine_single_shot", "agent_sqr_stage1"),
+                    metrics=("vr_r1", "turns_used"), plot_right="turns_used")
+  sweep = sweep_lib.build(path)
+  results = {"turns=1_seed0": {r: {"vr_r1": 0.1, "turns_used": 1.0} for r in sweep.rows},
+             "turns=2_seed0": {r: {"vr_r1": 0.2, "turns_used": 1.5} for r in sweep.rows}}
+  shown = []
+  real_savefig = plt.Figure.savefig
+
+  def keep(fig, *a, **k):
+    shown.append(fig)
+    return real_savefig(fig, *a, **k)
+
+  plt.Figure.savefig = keep
+  try:
+    sweep_lib.plot(sweep, results, str(tmp_path))
+  finally:
+    plt.Figure.savefig = real_savefig
+  left, right = shown[0].axes
+  assert right.get_ylabel() == "turns_used (dashed)" and left.get_ylabel() == "vr_r1 (%)"
+  assert [round(y, 6) for y in right.lines[0].get_ydata()] == [1.0, 1.5]   # as it is, not %
+  assert [round(y, 6) for y in left.lines[0].get_ydata()] == [10.0, 20.0]
+  assert right.lines[0].get_linestyle() == "--"
+  assert [t.get_text() for t in left.get_legend().get_texts()] == [
+      "engine_single_shot", "agent_sqr_stage1", "turns_used (dashed, right axis)"]
+  bad = sweep_file(tmp_path, name="bad", points=[{"eval.turns": 1}], plot_right=("a", "b"))
+  with pytest.raises(sweep_lib.SweepError, match="'plot_right' must be one metric"):
+    sweep_lib.build(bad)

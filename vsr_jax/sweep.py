@@ -16,7 +16,8 @@ A sweep file defines `get_sweep(arg) -> dict` (big_vision's get_hyper, as plain 
            point
   rows     method rows to tabulate and plot (default: every row of metrics.json)
   metrics  metrics to tabulate (default: vr_r1, vcmr_r1_iou0.5); `plot`: the one plotted
-           against the swept value (default: the first)
+           against the swept value (default: the first); `plot_right`: a second one drawn
+           on the same plot's right-hand axis (dashed), e.g. turns_used
 
 Run `point_seedS` is the workdir DIR/points/<point>_seed<S>/ of the command
 `python -m vsr_jax.main --config=CONFIG --workdir=... --config.a.b=VALUE ...` (stdout and
@@ -64,9 +65,10 @@ from vsr_jax import config_lib, defaults, registry, stages
 from vsr_jax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = ("config", "base", "points", "seeds", "swept", "rows", "metrics", "plot")
+KEYS = ("config", "base", "points", "seeds", "swept", "rows", "metrics", "plot", "plot_right")
 DEFAULT_METRICS = ("vr_r1", "vcmr_r1_iou0.5")
-RAW_METRICS = ("mean_rank", "num_queries")   # shown as they are; every other metric is a fraction
+# Shown as they are (means per query, counts); every other metric is a fraction, shown in %.
+RAW_METRICS = ("mean_rank", "num_queries", "turns_used", "searches", "refinements")
 PER_TURN_METRIC = "vr_r1"
 
 
@@ -97,6 +99,7 @@ class Sweep:
   rows: tuple
   metrics: tuple
   plot: str
+  plot_right: str | None = None
 
   def workdir(self, root: str, run: Run) -> str:
     return os.path.join(root, "points", run.name)
@@ -230,8 +233,11 @@ def build(spec: str) -> Sweep:
   for field in ("rows", "metrics"):
     if not all(isinstance(x, str) for x in raw.get(field) or ()):
       raise SweepError(f"{path}: '{field}' must be a sequence of names")
+  for field in ("plot", "plot_right"):
+    if not isinstance(raw.get(field) or "", str):
+      raise SweepError(f"{path}: '{field}' must be one metric's name, got {raw[field]!r}")
   return Sweep(spec, raw["config"], config_spec, tuple(runs), tuple(names), seeds, swept, rows,
-               metrics, plot)
+               metrics, plot, raw.get("plot_right") or None)
 
 
 def _points(path: str, raw, base: dict) -> list[tuple[str, dict]]:
@@ -598,9 +604,11 @@ def stats(sweep: Sweep, results: dict, metric: str, turn: int | None = None) -> 
 
 
 def fmt(mean: float, std: float, metric: str) -> str:
-  scale = 1 if metric.endswith(RAW_METRICS) else 100
-  spread = "–" if math.isnan(std) else f"{scale * std:.1f}"
-  return f"{scale * mean:.1f} ± {spread}"
+  if metric.endswith(RAW_METRICS):   # counts per query need the second decimal (1.62 turns)
+    spread = "–" if math.isnan(std) else f"{std:.2f}"
+    return f"{mean:.2f} ± {spread}"
+  spread = "–" if math.isnan(std) else f"{100 * std:.1f}"
+  return f"{100 * mean:.1f} ± {spread}"
 
 
 def table_rows(sweep: Sweep, results: dict) -> list[str]:
@@ -645,34 +653,55 @@ def _x_axis(sweep: Sweep):
   return list(range(len(sweep.points))), list(sweep.points), "point"
 
 
+def _scale(metric: str) -> int:
+  return 1 if metric.endswith(RAW_METRICS) else 100
+
+
+def _draw(ax, sweep: Sweep, results: dict, metric: str, rows, xs, **style) -> dict:
+  """{row: its line}: `metric` against the swept value, std over seeds as error bars (a row
+  keeps its colour on both axes)."""
+  cells, scale, lines = stats(sweep, results, metric), _scale(metric), {}
+  for i, row in enumerate(rows):
+    pts = [(x, cells[p, row]) for x, p in zip(xs, sweep.points) if (p, row) in cells]
+    if pts:
+      lines[row] = ax.errorbar(
+          [x for x, _ in pts], [scale * s[0] for _, s in pts],
+          yerr=[0 if math.isnan(s[1]) else scale * s[1] for _, s in pts], capsize=3,
+          color=f"C{i}", **style)
+  ax.set_ylabel(metric + (" (%)" if scale == 100 else ""))
+  return lines
+
+
 def plot(sweep: Sweep, results: dict, root: str) -> list[str]:
   """DIR/<plot metric>.png (against the swept value, one line per row, std over seeds as error
-  bars) and DIR/per_turn_vr_r1.png (per turn, one panel per row, one line per point)."""
+  bars; `plot_right` dashed on a right-hand axis) and DIR/per_turn_vr_r1.png (per turn, one
+  panel per row, one line per point)."""
   import matplotlib   # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt   # pylint: disable=g-import-not-at-top
   rows = table_rows(sweep, results)
   xs, ticks, xlabel = _x_axis(sweep)
-  scale = 1 if sweep.plot.endswith(RAW_METRICS) else 100
   written = []
 
-  fig, ax = plt.subplots(figsize=(6, 4))
-  cells = stats(sweep, results, sweep.plot)
-  for row in rows:
-    pts = [(x, cells[p, row]) for x, p in zip(xs, sweep.points) if (p, row) in cells]
-    if pts:
-      ax.errorbar([x for x, _ in pts], [scale * s[0] for _, s in pts],
-                  yerr=[0 if math.isnan(s[1]) else scale * s[1] for _, s in pts],
-                  marker="o", capsize=3, label=row)
+  fig, ax = plt.subplots(figsize=(6.4 if sweep.plot_right else 6, 4))
+  lines = _draw(ax, sweep, results, sweep.plot, rows, xs, marker="o")
+  handles, labels = list(lines.values()), list(lines)
+  if sweep.plot_right:
+    right = ax.twinx()
+    dashed = _draw(right, sweep, results, sweep.plot_right, rows, xs, marker="s",
+                   linestyle="--", alpha=0.7)
+    right.set_ylabel(f"{sweep.plot_right} (dashed)")
+    if dashed:
+      handles.append(next(iter(dashed.values())))
+      labels.append(f"{sweep.plot_right} (dashed, right axis)")
   if ticks:
     ax.set_xticks(xs, ticks, rotation=20, ha="right")
   elif all(isinstance(x, int) for x in xs):
     ax.set_xticks(xs)
   ax.set_xlabel(xlabel)
-  ax.set_ylabel(sweep.plot + (" (%)" if scale == 100 else ""))
   ax.set_title(sweep.spec, fontsize=9)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(handles, labels, fontsize=8)
   fig.tight_layout()
   written.append(os.path.join(root, f"{safe_name(sweep.plot)}.png"))
   fig.savefig(written[-1], dpi=100)
@@ -698,7 +727,8 @@ def plot(sweep: Sweep, results: dict, root: str) -> list[str]:
     ax.set_xticks(range(1, turns + 1))
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel(f"{PER_TURN_METRIC} (%)")
-  axes[0][-1].legend(fontsize=7)
+  if axes[0][-1].get_legend_handles_labels()[0]:
+    axes[0][-1].legend(fontsize=7)
   fig.tight_layout()
   written.append(os.path.join(root, f"per_turn_{PER_TURN_METRIC}.png"))
   fig.savefig(written[-1], dpi=100)

@@ -2,8 +2,10 @@
 
   python -m vsr_jax.sweep --sweep=configs/sweeps/turns.py[:smoke] --workdir=DIR
 
-T in {1, 2, 3}: the SQR rows run eval.turns turns (their `turns` is 0; T = 1 is the first
-retrieval, unrefined), agent_no_refine stays at one turn. eval.turns is read by evaluation
+T in {1, 2, 3, 4, 5}: the SQR rows run up to eval.turns turns (their `turns` is 0; T = 1 is
+the first retrieval, unrefined; an episode stops at its first `matched`), agent_no_refine stays
+at one turn. The plot shows accuracy against the turn budget T with the mean number of turns
+the episodes used (`turns_used`, dashed, right-hand axis). eval.turns is read by evaluation
 only, so every point of a seed shares every training stage (grpo.turns, the episode length in
 training, stays 2): a later point only evaluates. Default: configs/synthetic.py's full
 budgets, 3 seeds, without the HQR stage. `:reduced`: the same on
@@ -30,11 +32,14 @@ def get_sweep(arg=None):
         base={"stages": ("engine", "sft"), "eval.rows": SMOKE_ROWS},
         points=[{"eval.turns": t} for t in (1, 2)],
         seeds=(0,),
-        rows=tuple(SMOKE_ROWS))
+        rows=tuple(SMOKE_ROWS),
+        metrics=("vr_r1", "turns_used"),
+        plot_right="turns_used")
   return dict(
       config="configs/synthetic.py" + ("" if preset == "default" else ":" + preset),
       base={"stages": ("engine", "sft", "grpo"), "eval.rows": ROWS},
-      points=[{"eval.turns": t} for t in (1, 2, 3)],
+      points=[{"eval.turns": t} for t in (1, 2, 3, 4, 5)],
       seeds=(0, 1, 2),
       rows=tuple(ROWS),
-      metrics=("vr_r1", "vcmr_r1_iou0.5", "ver_acc"))
+      metrics=("vr_r1", "vcmr_r1_iou0.5", "ver_acc", "turns_used", "refinements"),
+      plot_right="turns_used")
