@@ -89,28 +89,16 @@ def bench_build(out: str, manual: str, feature_dim: int) -> dict:
 
 
 def bench_encoder(num: int = 512, batch: int = 64) -> dict:
-  import jax
-  import jax.numpy as jnp
-  from vsr_jax import defaults
   from vsr_jax.engine import pretrained
   with open(ANNOTATIONS, encoding="utf-8") as f:
     texts = [json.loads(line)["fig_desc"] for line in f][:num]
-  cfg = defaults.base_config()
-  cfg.engine.text.kind, cfg.engine.text.width, cfg.data.max_query_len = "minilm", 384, 40
-  cfg.engine.text.num_slots = 0
-  tok = pretrained.tokenizer_for(cfg)
-  tower = pretrained.build_tower(cfg, pretrained.model_dir(""))
-  ids, _, _ = tok.encode(texts, cfg.data.max_query_len)
-  params = jax.jit(tower.init)(jax.random.key(0), jnp.asarray(ids[:1]))["params"]
-  params = pretrained.load_into(tower, params)
-  fn = jax.jit(lambda p, t: tower.apply({"params": p}, t,
-                                        method=pretrained.PretrainedTextTower.sentence_embedding))
-  fn(params, ids[:batch]).block_until_ready()    # compile
+  max_len = 40
+  encode = pretrained.sentence_encoder("", max_len=max_len, batch=batch)
+  encode(texts)                 # compile every length bucket
   start = time.perf_counter()
-  for i in range(0, num, batch):
-    fn(params, ids[i:i + batch]).block_until_ready()
+  encode(texts)
   seconds = time.perf_counter() - start
-  return {"sentences": num, "batch": batch, "max_pieces": cfg.data.max_query_len,
+  return {"sentences": num, "batch": batch, "max_pieces": max_len,
           "sentences_per_second": round(num / seconds, 1)}
 
 

@@ -404,6 +404,45 @@ registry.TEXT_TOWERS.register("minilm", TextTowerKind(
     tokenizer=tokenizer_for))
 
 
+def sentence_encoder(directory: str = "", max_len: int = 40, batch: int = 256):
+  """`encode(texts) -> [N, hidden] float32`: the pretrained model's own L2-normalised sentence
+  vectors (what sentence-transformers computes; pieces past max_len are cut), jitted. Texts go
+  in batches of similar length, each padded to a multiple of 16 pieces (a few compiles; most
+  captions are far shorter than max_len)."""
+  directory = model_dir(directory)
+  arch, tok = BertConfig.load(directory), WordPieceTokenizer(directory)
+  towers = {}
+
+  def tower(width: int) -> PretrainedTextTower:
+    if width not in towers:
+      towers[width] = PretrainedTextTower(
+          arch=arch, model_dir=directory, max_len=width, num_slots=0, embed_dim=arch.hidden,
+          cls_id=tok.cls_id, sep_id=tok.sep_id, mask_id=tok.mask_id)
+    return towers[width]
+
+  probe = jnp.zeros((1, max_len), jnp.int32)
+  params = load_into(tower(max_len), jax.jit(tower(max_len).init)(jax.random.key(0),
+                                                                  probe)["params"])
+  embed = jax.jit(lambda p, t: tower(t.shape[1]).apply(
+      {"params": p}, t, method=PretrainedTextTower.sentence_embedding))
+
+  def encode(texts) -> np.ndarray:
+    ids, _, _ = tok.encode(list(texts), max_len)
+    lengths = (ids != PAD).sum(1)
+    order = np.argsort(lengths, kind="stable")
+    out = np.zeros((len(ids), arch.hidden), np.float32)
+    for i in range(0, len(ids), batch):
+      rows = order[i:i + batch]
+      width = min(max_len, max(16, -(-int(lengths[rows].max()) // 16) * 16))
+      padded = np.zeros((batch, width), np.int32)
+      padded[:len(rows)] = ids[rows, :width]
+      padded[len(rows):, 0] = tok.cls_id      # non-empty filler rows (discarded)
+      out[rows] = np.asarray(embed(params, padded))[:len(rows)]
+    return out
+
+  return encode
+
+
 def load_into(tower: PretrainedTextTower, text_params: dict) -> dict:
   """The tower's params with the pretrained weights in place of the random ones."""
   weights = load_weights(tower.model_dir, tower.arch)
