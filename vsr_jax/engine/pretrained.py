@@ -298,13 +298,22 @@ class PretrainedTextTower(nn.Module):
     # are a template, not part of the sentence.
     return masked_mean(hidden, attend & ~slot)
 
+  def pooled(self, tokens: jax.Array) -> jax.Array:
+    """The frozen encoder's pooled output [B, hidden] without soft tokens: fixed for a query
+    while only the projection trains (engine/query_cache.py caches it)."""
+    return self._encode(tokens, None)
+
+  def project(self, pooled: jax.Array) -> jax.Array:
+    """pooled [B, hidden] -> the query vector (exactly __call__(tokens) for pooled(tokens))."""
+    return l2_normalize(self.proj(pooled))
+
   def sentence_embedding(self, tokens: jax.Array) -> jax.Array:
     """The pretrained model's own L2-normalised sentence vector [B, hidden] (no projection)."""
     return l2_normalize(self._encode(tokens, None))
 
   def __call__(self, tokens: jax.Array, soft: jax.Array | None = None) -> jax.Array:
     """tokens [B, L] word-piece ids (0 = padding); soft [B, N, hidden], N <= num_slots."""
-    return l2_normalize(self.proj(self._encode(tokens, soft)))
+    return self.project(self._encode(tokens, soft))
 
 
 class WordPieceTokenizer:

@@ -143,6 +143,13 @@ class DualEncoder(nn.Module):
   def word_vectors(self, tokens):
     return self.text.word_vectors(tokens)
 
+  def text_pooled(self, tokens):
+    """A frozen pretrained tower's pooled output (query_cache.frozen_text)."""
+    return self.text.pooled(tokens)
+
+  def text_from_pooled(self, pooled):
+    return self.text.project(pooled)
+
   def encode_video(self, features, num_frames):
     return self.video(features, num_frames)
 

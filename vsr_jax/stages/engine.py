@@ -21,7 +21,7 @@ from flax.training import train_state
 
 from vsr_jax import hosts, registry
 from vsr_jax.data import batching, store
-from vsr_jax.engine import encode, index as index_lib, towers
+from vsr_jax.engine import encode, index as index_lib, query_cache, towers
 from vsr_jax.objectives import contrastive
 from vsr_jax.stages import base
 
@@ -56,10 +56,19 @@ def text_state(config, engine, text_params):
 search = jax.jit(lambda index, q, k: index.search(q, k), static_argnums=2)
 
 
-def mine_hard_negatives(engine, params, split, top_k: int, batch: int) -> np.ndarray:
-  """[Q, top_k] videos the current engine ranks highest for each caption, its own excluded."""
-  videos = encode.encode_videos(engine, params, split.features, split.num_frames, batch)
-  queries = encode.encode_queries(engine, params, split.tokens, batch)
+def mine_hard_negatives(engine, params, split, top_k: int, batch: int, *, pooled=None,
+                        every_seconds: float = 1e9) -> np.ndarray:
+  """[Q, top_k] videos the current engine ranks highest for each caption, its own excluded.
+
+  pooled: the split's queries through a frozen text encoder (query_cache): only the trained
+  projection is applied, instead of encoding every query again."""
+  videos = encode.encode_videos(engine, params, split.features, split.num_frames, batch,
+                                name="mining: encode videos", every_seconds=every_seconds)
+  if pooled is None:
+    queries = encode.encode_queries(engine, params, split.tokens, batch)
+  else:
+    queries = np.concatenate([np.asarray(hosts.fetch(query_cache.project(
+        engine, params, pooled[i:i + batch]))) for i in range(0, len(pooled), batch)])
   k = min(top_k + 1, split.num_videos)
   index = index_lib.ExactIndex.build(videos)
   ids = np.concatenate([np.asarray(search(index, queries[i:i + batch], k)[1])
@@ -107,6 +116,17 @@ class EngineStage(base.Stage):
     keep = cfg.fine_keep if (text_only or not cfg.text_only_steps) else 1.0
     full = (lambda p: {"text": p["text"], "video": video_params}) if text_only else (lambda p: p)
 
+    def pooled_train(params):
+      """The train split's queries through a frozen text encoder, once per run (cached in the
+      workdir), when mining reads the train split; None otherwise."""
+      if cfg.source != "train" or not query_cache.frozen_text(engine):
+        return None
+      if "pooled_train" not in ctx.cache:
+        ctx.cache["pooled_train"] = query_cache.pooled_queries(
+            engine, params, train.tokens, ctx.workdir, config.data.train_split,
+            batch=config.eval.batch_size, every_seconds=config.log.progress_seconds)
+      return ctx.cache["pooled_train"]
+
     def batch_fn(step, state):
       pool_index = step // cfg.mine_every
       if lc["pool_index"] != pool_index:
@@ -116,9 +136,11 @@ class EngineStage(base.Stage):
         if step % cfg.mine_every == 0 or lc["hard"] is None:
           # Mining is deterministic given the weights: a resumed run mines again at a pool
           # boundary; the checkpointed negatives serve a resume in the middle of a pool.
+          params = full(hosts.fetch(state.params))
           lc["hard"] = mine_hard_negatives(
-              engine, full(hosts.fetch(state.params)), lc["pool"],
-              min(cfg.mine_top_k, lc["pool"].num_videos - 1), config.eval.batch_size)
+              engine, params, lc["pool"], min(cfg.mine_top_k, lc["pool"].num_videos - 1),
+              config.eval.batch_size, pooled=pooled_train(params),
+              every_seconds=config.log.progress_seconds)
       return batching.engine_batch(lc["pool"], step, seed=config.seed + 7 * text_only,
                                    batch_size=cfg.batch_size, fine_keep=keep,
                                    hard_pool=lc["hard"], hard_negatives=cfg.hard_negatives)

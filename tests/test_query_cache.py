@@ -1,0 +1,107 @@
+"""Tests for vsr_jax.engine.query_cache: the frozen MiniLM tower's pooled query encodings,
+cached once per split in the workdir, give exactly the engine's query vectors and mining's
+hard negatives; a cache of another tower is refused, one of other tokens is remade."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from vsr_jax import defaults
+from vsr_jax.engine import pretrained, query_cache, towers
+from vsr_jax.engine.towers import DualEncoder
+from vsr_jax.stages import engine as engine_stage
+
+
+def minilm_config():
+  c = defaults.base_config()
+  c.engine.text.kind, c.engine.text.width = "minilm", 384
+  c.engine.text.num_slots, c.data.max_query_len, c.agent.num_latents = 4, 24, 0
+  c.data.feature_dim, c.data.max_frames, c.engine.embed_dim = 8, 16, 32
+  defaults.validate(c)
+  return c
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = minilm_config()
+  tok = pretrained.tokenizer_for(config)
+  engine = towers.build_engine(config, len(tok))
+  params = towers.init_engine(engine, config, jax.random.key(0))
+  texts = ["a person opens the fridge in a small kitchen", "someone laughs at the phone",
+           "the man in a red shirt sits on a sofa", "a woman pours water into a glass",
+           "a dog runs", "two people walk out of the room holding a blue towel"]
+  tokens, _, _ = tok.encode(texts, config.data.max_query_len)
+  return config, engine, params, tokens
+
+
+def test_pooled_then_projected_is_the_query_vector(setup):
+  _, engine, params, tokens = setup
+  want = engine.apply({"params": params}, tokens, method=DualEncoder.encode_text)
+  pooled = engine.apply({"params": params}, tokens, method=DualEncoder.text_pooled)
+  got = query_cache.project(engine, params, pooled)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+  assert query_cache.frozen_text(engine)
+
+
+def test_cached_once_then_read(setup, tmp_path):
+  _, engine, params, tokens = setup
+  first = query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train", batch=4)
+  path = tmp_path / "cache" / "queries" / "train.npy"
+  stamp = path.stat().st_mtime_ns
+  again = query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train", batch=4)
+  np.testing.assert_array_equal(first, again)
+  assert path.stat().st_mtime_ns == stamp          # read, not written again
+  direct = engine.apply({"params": params}, tokens, method=DualEncoder.text_pooled)
+  np.testing.assert_allclose(first, np.asarray(direct), atol=1e-6)
+  # Other tokens (the data changed): encoded again, the file replaced.
+  fewer = query_cache.pooled_queries(engine, params, tokens[:3], str(tmp_path), "train",
+                                     batch=4)
+  assert fewer.shape == (3, 384) and np.load(path).shape == (3, 384)
+  assert not [p for p in os.listdir(path.parent) if ".tmp-" in p]
+
+
+def test_another_towers_cache_is_refused(setup, tmp_path):
+  _, engine, params, tokens = setup
+  query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train", batch=4)
+  meta = tmp_path / "cache" / "queries" / "train.json"
+  data = json.loads(meta.read_text())
+  mine = data["tower"]
+  data["tower"] = "0123456789abcdef"
+  meta.write_text(json.dumps(data))
+  with pytest.raises(query_cache.QueryCacheError,
+                     match=rf"train.npy: query encodings of another text tower \(fingerprint "
+                           rf"0123456789abcdef, this run's {mine}\)"):
+    query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train", batch=4)
+
+
+def test_fingerprint_follows_the_frozen_weights(setup):
+  _, engine, params, _ = setup
+  text = params["text"]
+  fp = query_cache.fingerprint(engine, text)
+  frozen = dict(text[towers.FROZEN])
+  name = sorted(frozen)[0]
+  frozen[name] = jax.tree.map(lambda x: x + 1e-3, frozen[name])
+  assert query_cache.fingerprint(engine, dict(text, **{towers.FROZEN: frozen})) != fp
+  trained = dict(text, proj=jax.tree.map(lambda x: x + 1.0, text["proj"]))
+  assert query_cache.fingerprint(engine, trained) == fp     # the trained part is not in it
+
+
+def test_mining_from_the_cache_equals_mining_from_tokens(setup, tmp_path):
+  """Stage 0's mining with the cached pooled queries gives the same hard negatives as encoding
+  every query again."""
+  config, engine, params, tokens = setup
+  rng = np.random.default_rng(0)
+  V = 5
+  split = type("S", (), {})()
+  split.features = rng.standard_normal((V, 16, 8)).astype(np.float32)
+  split.num_frames = np.full(V, 16, np.int32)
+  split.tokens = tokens
+  split.video_index = np.array([0, 1, 2, 3, 4, 0], np.int32)
+  split.num_videos = V
+  pooled = query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train", batch=4)
+  want = engine_stage.mine_hard_negatives(engine, params, split, 3, 4)
+  got = engine_stage.mine_hard_negatives(engine, params, split, 3, 4, pooled=pooled)
+  np.testing.assert_array_equal(got, want)
