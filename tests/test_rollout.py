@@ -309,3 +309,25 @@ def test_mask_rejected_never_retrieves_a_rejected_video_again(setup):
   np.testing.assert_array_equal(masked["retrieved"][0], plain["retrieved"][0])
   # The random agent's refined queries stay near the original: unmasked turns repeat videos.
   assert (plain["retrieved"][1:] == plain["retrieved"][:1]).any()
+
+
+# ------------------------------------------------------------------ calibrated verdicts
+
+
+def test_matched_margin_zero_is_the_argmax_and_moves_the_verdicts(setup):
+  """A matched threshold enters as a logit margin (traced: one compile for every threshold).
+  Margin 0 is the argmax exactly; -inf makes every verdict `matched`, +inf none."""
+  spec = rollout.EpisodeConfig(turns=2, num_latents=SAMPLE.num_latents, refine=SAMPLE.refine,
+                               sigma=SAMPLE.sigma, mode="greedy")
+  fn = jax.jit(lambda ap, ep, corpus, tokens, gt, rng, m: rollout.episode(
+      setup["agent"], setup["engine"], ap, ep, corpus, tokens, gt, rng, spec,
+      matched_margin=m))
+  args = (setup["params"], setup["engine_params"], setup["corpus"], setup["tokens"],
+          setup["gt"], jax.random.key(0))
+  plain = run(setup, spec)
+  at = {m: jax.tree.map(np.asarray, fn(*args, jnp.float32(m))) for m in (0.0, -np.inf, np.inf)}
+  for k in ("verdict", "retrieved", "rank", "span", "active", "refines", "final_query"):
+    np.testing.assert_array_equal(at[0.0][k], plain[k], err_msg=k)
+  assert (at[-np.inf]["verdict"][0] == MATCHED).all()
+  assert (at[np.inf]["verdict"][0] != MATCHED).all()
+  assert at[np.inf]["refines"][0].all() and not at[-np.inf]["refines"][0].any()

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from vsr_jax import checkpoints, config_lib, stages, train
+from vsr_jax import calibration, checkpoints, config_lib, defaults, stages, train
 from vsr_jax import metrics as metrics_lib
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.data import batching, sources
@@ -333,6 +333,26 @@ def test_eval_with_more_turns_and_a_new_row(run):
   assert list(metrics) == ["sqr_t3"] and len(metrics["sqr_t3"]["per_turn"]) == 3
   assert "sqr_t3" in out
   assert files_digest(workdir) == before
+
+
+def test_eval_with_a_calibrated_matched_threshold(run):
+  """eval.calibrate: each agent row's matched threshold chosen on another split (the smoke
+  world has no val split; its train split serves), written into metrics.json; engine rows have
+  none. A split the data lacks, or the eval split itself, is refused naming the field."""
+  workdir, _ = run
+  got = train.evaluate_workdir(smoke(**{"eval.calibrate": "train"}), workdir,
+                               eval_name="calibrated")
+  for name, m in got.items():
+    if name.startswith("agent"):
+      assert m["verify_threshold"] in calibration.GRID, name
+    else:
+      assert "verify_threshold" not in m, name
+  with pytest.raises(calibration.CalibrationError, match=r"has no split 'val' \(it has "):
+    train.evaluate_workdir(smoke(**{"eval.calibrate": "val"}), workdir, eval_name="nocal")
+  assert not os.path.exists(os.path.join(workdir, "evals", "nocal", "metrics.json"))
+  with pytest.raises(config_lib.ConfigError, match=r"config.eval.calibrate='test': expected a "
+                                                   r"held-out split"):
+    defaults.validate(smoke(**{"eval.calibrate": "test"}))
 
 
 def test_eval_from_disk_with_scann_bound_ranks_says_so_in_metrics(run):

@@ -256,6 +256,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_queries = 0           # > 0: only the eval split's first N queries (whole corpus)
   c.eval.grounding = "frame_similarity"  # baseline grounding: frame_similarity | whole_video
   c.eval.turns = 2                 # T at evaluation (may exceed grpo.turns)
+  # A held-out split (e.g. 'val'): each agent row's matched threshold is chosen there, the one
+  # with the best VCMR 0.5/R@1 (vsr_jax/calibration.py); '': the argmax, p(matched) >= 0.5.
+  c.eval.calibrate = ""
   # The episodes' frame store: device (split over mesh.corpus) | host (only the retrieved
   # videos' frames are read: a corpus larger than the devices' memory).
   c.eval.frame_store = "device"
@@ -455,6 +458,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(0.0 <= g.not_matched_iou <= 1.0, "grpo.not_matched_iou", "in [0, 1]")
   ev = config.eval
   need(ev.turns >= 1, "eval.turns", ">= 1")
+  need(ev.calibrate != config.data.eval_split, "eval.calibrate",
+       f"a held-out split, not data.eval_split ({config.data.eval_split!r}): a threshold "
+       "chosen on the queries it is scored on would flatter the row")
   need(len(ev.rows) > 0, "eval.rows", "at least one method row")
   for name, row in ev.rows.items():
     need(set(row.keys()) == set(ROW_DEFAULTS), f"eval.rows.{name}",

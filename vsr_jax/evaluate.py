@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from vsr_jax import config_lib, hosts, registry, rollout, sharding
+from vsr_jax import calibration, config_lib, hosts, registry, rollout, sharding
 from vsr_jax import metrics as metrics_lib
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
-from vsr_jax.data import store
+from vsr_jax.data import sources, store
 from vsr_jax.engine import encode
 from vsr_jax.engine import index as index_lib
 from vsr_jax.engine.index import check_top_k
@@ -56,6 +56,7 @@ class RowResult:
   vcmr: list                  # [Q] arrays [n, 4] (video_idx, start, end, score)
   svmr: list
   vr: list
+  verify_threshold: float | None = None   # calibrated (eval.calibrate); None: the argmax
 
 
 def path_metrics(turns: list) -> dict:
@@ -83,6 +84,8 @@ def row_metrics(row: RowResult, split) -> dict:
   out["per_turn"] = [dict(fig(t), resolved=r) for t, r in zip(row.turns, resolved)]
   out.update(metrics_lib.tvr_metrics(vcmr=row.vcmr, svmr=row.svmr, vr=row.vr,
                                      gt_video=split.video_index, gt_windows=split.times))
+  if row.verify_threshold is not None:
+    out["verify_threshold"] = row.verify_threshold
   return out
 
 
@@ -326,14 +329,16 @@ def _pad_batch(arrays, size: int):
 _greedy_episode = jax.jit(rollout.episode, static_argnums=(0, 1), static_argnames="spec")
 
 
-def agent_row(config, name, agent, params, engine, engine_params, split, corpus, spec,
-              mesh=None):
-  """Greedy episodes of an agent over the whole split, as a method row.
+def greedy_turns(config, name, agent, params, engine, engine_params, split, corpus, spec,
+                 mesh=None, threshold: float | None = None):
+  """Greedy episodes of an agent over the whole split: ([Turn] per turn, [Q, E] final queries).
 
   mesh: the episode's batch is split over its 'data' axis (the corpus as `corpus` holds it).
+  threshold: p(matched) at which the verdict is `matched` (None: the argmax).
   """
   batch = config.eval.batch_size
-  run = functools.partial(_greedy_episode, agent, engine, spec=spec)
+  margin = None if threshold is None else jnp.float32(calibration.margin(threshold))
+  run = functools.partial(_greedy_episode, agent, engine, spec=spec, matched_margin=margin)
   place = (lambda x: x) if mesh is None else functools.partial(
       hosts.put_rows, sharding=sharding.batch_sharded(mesh))
   rng = jax.random.PRNGKey(0)
@@ -358,10 +363,17 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
                 retrieved=per_turn["retrieved"][t],
                 answer=per_turn["verdict"][t] == policy.MATCHED,
                 pred_time=per_turn["pred_time"][t]) for t in range(T)]
+  return turns, np.concatenate(finals)
+
+
+def agent_row(config, name, agent, params, engine, engine_params, split, corpus, spec,
+              mesh=None, threshold: float | None = None):
+  """Greedy episodes of an agent over the whole split, as a method row (greedy_turns' args)."""
+  turns, finals = greedy_turns(config, name, agent, params, engine, engine_params, split,
+                               corpus, spec, mesh, threshold)
   # TVR lists: the engine's top-k under the final query; the agent's own answer (its final
   # video with its span) goes first.
-  lists = engine_lists(config, engine, engine_params, split, corpus.index,
-                       np.concatenate(finals))
+  lists = engine_lists(config, engine, engine_params, split, corpus.index, finals)
   final = turns[-1]
   vcmr = []
   for i, rows in enumerate(lists.vcmr()):
@@ -371,7 +383,7 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
     vcmr.append(np.concatenate([head, rows[~own]])[:len(rows)])
   svmr = _agent_svmr(config, agent, params, engine, engine_params, split, lists.ids.shape[1])
   return RowResult(name=name, orig_rank=turns[0].rank, turns=turns, vcmr=vcmr, svmr=svmr,
-                   vr=vcmr)
+                   vr=vcmr, verify_threshold=threshold)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames="k")
@@ -439,14 +451,69 @@ def agent_episode(ctx, name, row):
   return agent, spec
 
 
+def calibrated_threshold(ctx, name, row, agent, spec) -> float:
+  """The matched threshold of agent row `name` chosen on config.eval.calibrate's split (once
+  per stage and episode; vsr_jax/calibration.py)."""
+  config = ctx.config
+  key = ("calibration", row.stage, spec)
+  if key in ctx.cache:
+    return ctx.cache[key]
+  split_name = config.eval.calibrate
+  if "calibration_corpus" not in ctx.cache:
+    if split_name not in ctx.splits:
+      calibration.check_split(split_name, _split_names(ctx), config.data.eval_split)
+      _, loaded = sources.load_data(config, ctx.workdir, splits=(split_name,),
+                                    tokenizer=ctx.tokenizer)
+      ctx.splits[split_name] = loaded[split_name]
+    cal = ctx.splits[split_name]
+    calibration.check_split(split_name, ctx.splits, config.data.eval_split)
+    ctx.cache["calibration_corpus"] = (cal, corpus_of(ctx, cal, directory=None))
+  cal, corpus = ctx.cache["calibration_corpus"]
+  params = ctx.stage_params(row.stage)
+  scores, hits = {}, None
+  for t in calibration.GRID:
+    turns, _ = greedy_turns(config, f"calibrate {name} at p(matched) >= {t}", agent, params,
+                            ctx.engine, ctx.engine_params, cal, corpus, spec, ctx.mesh, t)
+    final = turns[-1]
+    scores[t] = metrics_lib.fig_metrics(
+        final_rank=final.rank, orig_rank=turns[0].rank, answer=final.answer,
+        pred_time=final.pred_time, gt_time=cal.times)[calibration.METRIC]
+    hits = int(np.sum(turns[0].rank == 1))
+  threshold = calibration.choose(scores, split=split_name, row=name, first_turn_hits=hits)
+  logging.info("%s: matched threshold %.1f (VCMR 0.5/R@1 on %s: %s)", name, threshold,
+               split_name, ", ".join(f"{t}: {100 * v:.1f}" for t, v in scores.items()))
+  ctx.cache[key] = threshold
+  return threshold
+
+
+def _split_names(ctx) -> list:
+  """The splits the data has (its annotation files), for a calibration split's error."""
+  folder = os.path.join(sources.data_dir(ctx.config, ctx.workdir), "annotations")
+  files = os.listdir(folder) if os.path.isdir(folder) else []
+  return sorted(set(ctx.splits) | {f[:-len(".jsonl")] for f in files if f.endswith(".jsonl")})
+
+
 def _agent_row(ctx, name, row, split, corpus):
   agent, spec = agent_episode(ctx, name, row)
+  threshold = (calibrated_threshold(ctx, name, row, agent, spec) if ctx.config.eval.calibrate
+               else None)
   return agent_row(ctx.config, name, agent, ctx.stage_params(row.stage), ctx.engine,
-                   ctx.engine_params, split, corpus, spec, mesh=ctx.mesh)
+                   ctx.engine_params, split, corpus, spec, mesh=ctx.mesh, threshold=threshold)
 
 
 registry.ROW_KINDS.register("engine", RowKind(_engine_row))
 registry.ROW_KINDS.register("agent", RowKind(_agent_row))
+
+
+def corpus_of(ctx, split, directory: str | None) -> rollout.Corpus:
+  """A split's videos through the frozen engine, indexed (config.index; directory: where a
+  backend that saves its index puts it, None for a temporary one) and held as config.eval says."""
+  config = ctx.config
+  videos = encode.encode_videos(ctx.engine, ctx.engine_params, split.features, split.num_frames,
+                                config.eval.batch_size, name=f"encode {split.name} corpus",
+                                every_seconds=config.log.progress_seconds)
+  index = index_lib.build_index(config, videos, mesh=ctx.mesh, directory=directory)
+  return rollout.Corpus.from_split(index, split, ctx.mesh, config.eval.frame_store)
 
 
 def evaluate_run(ctx, out_dir: str) -> dict:
@@ -454,12 +521,8 @@ def evaluate_run(ctx, out_dir: str) -> dict:
   writes the outputs into out_dir (published atomically, metrics.json last)."""
   config = ctx.config
   split = store.first_queries(ctx.splits[config.data.eval_split], config.eval.max_queries)
-  videos = encode.encode_videos(ctx.engine, ctx.engine_params, split.features, split.num_frames,
-                                config.eval.batch_size, name="encode corpus",
-                                every_seconds=config.log.progress_seconds)
-  index = index_lib.build_index(config, videos, mesh=ctx.mesh,
-                                directory=os.path.join(out_dir, "index", config.index.backend))
-  corpus = rollout.Corpus.from_split(index, split, ctx.mesh, config.eval.frame_store)
+  corpus = corpus_of(ctx, split, os.path.join(out_dir, "index", config.index.backend))
+  index = corpus.index
   results = []
   # Config order (to_dict keeps it; ConfigDict.items() would sort the names).
   for name in config_lib.to_dict(config.eval.rows):

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from vsr_jax import registry, sharding
-from vsr_jax.agent.policy import MATCHED, Agent
+from vsr_jax.agent.policy import MATCHED, NOT_MATCHED, Agent
 from vsr_jax.agent.refiners import gaussian_logp  # noqa: F401 (the episode's latent policy)
 from vsr_jax.engine.towers import DualEncoder
 
@@ -187,7 +187,8 @@ def span_to_seconds(span_frames, frame_seconds, duration):
 
 
 def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corpus: Corpus,
-            tokens, gt, rng, spec: EpisodeConfig, forced=None, unrolled: bool = False):
+            tokens, gt, rng, spec: EpisodeConfig, forced=None, unrolled: bool = False,
+            matched_margin=None):
   """Runs T turns for a batch. tokens [B, L] int; gt [B] ground-truth video (for ranks).
 
   forced (spec.mode == 'forced'): a recorded trajectory {'retrieved' [T, B], 'query' [T, B, E],
@@ -195,6 +196,9 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
   another policy, e.g. GRPO's reference policy, on the same observations and actions).
   Returns a dict of [T, B, ...] arrays (state after each turn) and the action log-probs.
   unrolled: a Python loop over the same turn function instead of lax.scan (for tests).
+  matched_margin (greedy mode; a scalar, traced): the verdict is `matched` when the verify
+  logits' matched - not_matched margin is >= it, i.e. p(matched) >= sigmoid(margin) (a
+  calibrated threshold, vsr_jax/calibration.py); None: the argmax (the same as margin 0).
   """
   B = tokens.shape[0]
   T, N = spec.turns, spec.num_latents
@@ -230,6 +234,9 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
       span_flat = f_t["span"][:, 0] * F + f_t["span"][:, 1]
     else:
       verdict = jnp.argmax(out["verify"], -1)
+      if matched_margin is not None:
+        margin = out["verify"][:, MATCHED] - out["verify"][:, NOT_MATCHED]
+        verdict = jnp.where(margin >= matched_margin, MATCHED, NOT_MATCHED)
       span_flat = jnp.argmax(span_lp, -1)
     span = jnp.stack([span_flat // F, span_flat % F], -1)
     # Refinement: the next query vector from the original query plus the new tokens.

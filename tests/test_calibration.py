@@ -1,0 +1,38 @@
+"""Tests for vsr_jax.calibration: the threshold's logit margin, the choice (ties nearest 0.5),
+and the calibration splits it refuses."""
+import math
+
+import pytest
+
+from vsr_jax import calibration
+
+
+def test_margin_is_the_log_odds():
+  assert calibration.margin(0.5) == 0.0
+  assert math.isclose(1 / (1 + math.exp(-calibration.margin(0.8))), 0.8)
+  assert calibration.margin(0.2) == pytest.approx(-calibration.margin(0.8))
+
+
+def test_choose_best_then_nearest_half():
+  assert calibration.choose({0.3: 0.1, 0.5: 0.2, 0.7: 0.25}, split="val", row="r",
+                            first_turn_hits=3) == 0.7
+  # A tie: the threshold nearest the argmax's 0.5 (then the lower one).
+  assert calibration.choose({0.2: 0.3, 0.4: 0.3, 0.6: 0.3, 0.9: 0.1}, split="val", row="r",
+                            first_turn_hits=3) == 0.4
+  assert calibration.GRID[len(calibration.GRID) // 2] == 0.5
+
+
+def test_no_matched_example_is_refused():
+  with pytest.raises(calibration.CalibrationError,
+                     match=r"eval.calibrate='val': row agent_sqr's first search returns the "
+                           r"true video for none .* no matched example"):
+    calibration.choose({0.5: 0.0}, split="val", row="agent_sqr", first_turn_hits=0)
+
+
+def test_split_checks():
+  calibration.check_split("val", ("val", "test"), "test")
+  with pytest.raises(calibration.CalibrationError, match=r"'val'.*has no split 'val' \(it has "
+                                                         r"test, train\)"):
+    calibration.check_split("val", ("train", "test"), "test")
+  with pytest.raises(calibration.CalibrationError, match="is the eval split"):
+    calibration.check_split("test", ("test",), "test")

@@ -1,0 +1,52 @@
+"""The verifier's matched threshold, calibrated on a held-out split (config.eval.calibrate).
+
+Greedy episodes take `matched` when p(matched) >= 0.5 (the argmax). A verifier that rejects
+right videos too often (issue: agent rows lose VCMR to the engine's single shot, which accepts
+every top-1) can be given another threshold: evaluation runs the agent's greedy episodes on the
+calibration split (e.g. 'val', never the eval split) at every threshold of GRID and keeps the one
+with the highest VCMR 0.5/R@1 there (ties: the one nearest 0.5), then evaluates the row with it.
+A threshold is a margin on the verify logits (rollout.episode's matched_margin), so one compiled
+episode serves every threshold. Pure selection logic here; evaluate.py runs the episodes.
+"""
+
+from __future__ import annotations
+
+import math
+
+from vsr_jax import config_lib
+
+GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+METRIC = "vcmr_r1_iou0.5"
+
+
+class CalibrationError(config_lib.InputError):
+  """A calibration split that cannot calibrate anything; the message names it."""
+
+
+def margin(threshold: float) -> float:
+  """The logit margin of p(matched) >= threshold (log-odds)."""
+  return math.log(threshold / (1.0 - threshold))
+
+
+def check_split(name: str, available, eval_split: str) -> None:
+  """eval.calibrate names a split the data has, other than the one evaluated."""
+  if name == eval_split:
+    raise CalibrationError(
+        f"config.eval.calibrate={name!r} is the eval split (data.eval_split): a threshold "
+        "chosen on the queries it is then scored on would flatter the row; use a held-out "
+        "split such as 'val'")
+  if name not in available:
+    raise CalibrationError(f"config.eval.calibrate={name!r}: the data has no split {name!r} "
+                           f"(it has {', '.join(sorted(available)) or 'none'})")
+
+
+def choose(scores: dict, *, split: str, row: str, first_turn_hits: int) -> float:
+  """The threshold with the best score ({threshold: VCMR 0.5/R@1 on the split}); ties go to
+  the one nearest 0.5. first_turn_hits: calibration queries whose true video the first search
+  returns — with none, no verdict can be right and nothing is calibrated."""
+  if first_turn_hits == 0:
+    raise CalibrationError(
+        f"config.eval.calibrate={split!r}: row {row}'s first search returns the true video for "
+        "none of the split's queries, so it has no matched example to calibrate the verifier on")
+  best = max(scores.values())
+  return min((t for t, s in scores.items() if s == best), key=lambda t: (abs(t - 0.5), t))
