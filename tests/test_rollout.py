@@ -331,3 +331,20 @@ def test_matched_margin_zero_is_the_argmax_and_moves_the_verdicts(setup):
   assert (at[-np.inf]["verdict"][0] == MATCHED).all()
   assert (at[np.inf]["verdict"][0] != MATCHED).all()
   assert at[np.inf]["refines"][0].all() and not at[-np.inf]["refines"][0].any()
+
+
+def test_a_given_original_query_is_the_encoded_one(setup):
+  """orig_query (training passes the engine's view of the train split, computed once) gives
+  the episode that encoding the tokens gives."""
+  spec = rollout.EpisodeConfig(turns=2, num_latents=SAMPLE.num_latents, refine=SAMPLE.refine,
+                               sigma=SAMPLE.sigma, mode="greedy")
+  q0 = setup["engine"].apply({"params": setup["engine_params"]}, setup["tokens"],
+                             method=rollout.DualEncoder.encode_text)
+  fn = jax.jit(lambda ap, ep, corpus, tokens, gt, rng, q: rollout.episode(
+      setup["agent"], setup["engine"], ap, ep, corpus, tokens, gt, rng, spec, orig_query=q))
+  given = jax.tree.map(np.asarray, fn(setup["params"], setup["engine_params"], setup["corpus"],
+                                      setup["tokens"], setup["gt"], jax.random.key(0), q0))
+  plain = run(setup, spec)
+  for k in ("verdict", "retrieved", "rank", "span", "refines"):
+    np.testing.assert_array_equal(given[k], plain[k], err_msg=k)
+  np.testing.assert_allclose(given["final_query"], plain["final_query"], atol=1e-6)

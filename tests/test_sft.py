@@ -285,3 +285,20 @@ def test_sft_step_trains_the_agent_and_leaves_the_engine_alone(loss_setup, monke
   for name in ("word_head", "latent_in"):
     np.testing.assert_array_equal(after[name]["kernel"], start[name]["kernel"])
   assert float(metrics["ret_loss"]) > 0 and float(metrics["grad_norm"]) > 0
+
+
+def test_sft_loss_reads_the_given_original_query(loss_setup):
+  """batch['orig_query'] (the engine's view of the train split, computed once) stands for
+  encoding the tokens in the step: the same loss and gradients."""
+  config, engine, engine_params, batch = loss_setup
+  agent = policy.build_agent(config, VOCAB, "sqr")
+  shapes = jax.eval_shape(lambda r: policy.init_agent(agent, config, r), jax.random.key(0))
+  params = random_params(shapes, 3)
+  fn = loss_and_grad_fn(config, engine, engine_params, agent)
+  (loss, _), grads = fn(params, batch)
+  q0 = engine.apply({"params": engine_params}, batch["tokens"],
+                    method=towers.DualEncoder.encode_text)
+  (loss2, _), grads2 = fn(params, dict(batch, orig_query=np.asarray(q0)))
+  np.testing.assert_allclose(float(loss2), float(loss), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)

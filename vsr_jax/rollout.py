@@ -188,7 +188,7 @@ def span_to_seconds(span_frames, frame_seconds, duration):
 
 def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corpus: Corpus,
             tokens, gt, rng, spec: EpisodeConfig, forced=None, unrolled: bool = False,
-            matched_margin=None):
+            matched_margin=None, orig_query=None):
   """Runs T turns for a batch. tokens [B, L] int; gt [B] ground-truth video (for ranks).
 
   forced (spec.mode == 'forced'): a recorded trajectory {'retrieved' [T, B], 'query' [T, B, E],
@@ -199,11 +199,14 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
   matched_margin (greedy mode; a scalar, traced): the verdict is `matched` when the verify
   logits' matched - not_matched margin is >= it, i.e. p(matched) >= sigmoid(margin) (a
   calibrated threshold, vsr_jax/calibration.py); None: the argmax (the same as margin 0).
+  orig_query [B, E]: the engine's vectors of `tokens` when the caller has them (training reads
+  them from the engine's view of the train split, computed once): not encoded again.
   """
   B = tokens.shape[0]
   T, N = spec.turns, spec.num_latents
-  q0 = engine.apply({"params": engine_params}, tokens, method=DualEncoder.encode_text)
-  q0 = jax.lax.stop_gradient(q0)      # the engine is frozen; the original query is fixed
+  if orig_query is None:
+    orig_query = engine.apply({"params": engine_params}, tokens, method=DualEncoder.encode_text)
+  q0 = jax.lax.stop_gradient(orig_query)   # the engine is frozen; the original query is fixed
   F = corpus.features.shape[1]
   refiner = registry.REFINERS.get(spec.refine)
 

@@ -61,6 +61,12 @@ project = jax.jit(lambda engine, params, pooled: engine.apply(
     {"params": params}, pooled, method=towers.DualEncoder.text_from_pooled), static_argnums=0)
 
 
+def project_all(engine, params, pooled: np.ndarray, batch: int) -> np.ndarray:
+  """[Q, E] query vectors from pooled encodings: the engine's current projection, batched."""
+  return np.concatenate([np.asarray(hosts.fetch(project(engine, params, pooled[i:i + batch])))
+                         for i in range(0, len(pooled), batch)])
+
+
 def _encode(engine, params, tokens: np.ndarray, batch: int, name: str,
             every_seconds: float) -> np.ndarray:
   out = []

@@ -136,7 +136,8 @@ def replay(agent, engine, params, engine_params, corpus, batch, forced, rng, spe
 
   def one(f):
     return rollout.episode(agent, engine, params, engine_params, corpus, batch["tokens"],
-                           batch["gt"], rng, forced_spec, forced=f)
+                           batch["gt"], rng, forced_spec, forced=f,
+                           orig_query=batch.get("orig_query"))
 
   return jax.vmap(one)(forced)
 
@@ -160,7 +161,7 @@ def sample_rollouts(agent, engine, params, ref_params, engine_params, corpus, ba
 
   def sample(key):
     return rollout.episode(agent, engine, params, engine_params, corpus, batch["tokens"],
-                           batch["gt"], key, spec)
+                           batch["gt"], key, spec, orig_query=batch.get("orig_query"))
 
   steps = jax.vmap(sample)(jax.random.split(rng, G))                     # [G, T, B, ...]
   # The recorded actions and observations are the environment's from here on.

@@ -66,8 +66,12 @@ def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, bat
              num_latents: int, corpus=None, refine: str = ""):
   """batch: tokens [B, L], frames [B, F, D], num_frames [B], matched [B], span [B, 2] frames,
   ret_keys [B, 1 + K, E] (positive first), ret_ids and ret_valid [B, 1 + K], gt [B] (video ids).
-  corpus [V, E]: the train corpus' video vectors, extra negatives of L_ret (or None)."""
-  q0 = engine.apply({"params": engine_params}, batch["tokens"], method=DualEncoder.encode_text)
+  corpus [V, E]: the train corpus' video vectors, extra negatives of L_ret (or None).
+  batch["orig_query"] [B, E] (optional): the engine's vectors of the tokens, when the caller
+  has them (the frozen engine's view of the train split): not encoded again."""
+  q0 = batch.get("orig_query")
+  if q0 is None:
+    q0 = engine.apply({"params": engine_params}, batch["tokens"], method=DualEncoder.encode_text)
   view = rollout.engine_view(agent, engine, engine_params, batch["frames"], q0)
   out = agent.apply({"params": agent_params}, batch["tokens"], batch["frames"],
                     batch["num_frames"], num_latents=num_latents, mode="greedy", sigma=1.0,

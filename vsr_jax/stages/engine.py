@@ -67,8 +67,7 @@ def mine_hard_negatives(engine, params, split, top_k: int, batch: int, *, pooled
   if pooled is None:
     queries = encode.encode_queries(engine, params, split.tokens, batch)
   else:
-    queries = np.concatenate([np.asarray(hosts.fetch(query_cache.project(
-        engine, params, pooled[i:i + batch]))) for i in range(0, len(pooled), batch)])
+    queries = query_cache.project_all(engine, params, pooled, batch)
   k = min(top_k + 1, split.num_videos)
   index = index_lib.ExactIndex.build(videos)
   ids = np.concatenate([np.asarray(search(index, queries[i:i + batch], k)[1])

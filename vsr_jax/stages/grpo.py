@@ -87,7 +87,8 @@ class GrpoStage(AgentStage):
     def batch_fn(step, state):
       del state
       qi = queries(step)
-      return {"tokens": split.tokens[qi], "gt": split.video_index[qi],
+      return {"tokens": split.tokens[qi], "orig_query": retrieval.queries[qi],
+              "gt": split.video_index[qi],
               "gt_time": split.times[qi], "ret_keys": retrieval.videos[key_ids[qi]],
               "ret_valid": key_valid[qi]}
 

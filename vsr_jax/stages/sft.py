@@ -18,7 +18,7 @@ from flax.training import train_state
 
 from vsr_jax import config_lib, hosts, registry
 from vsr_jax.agent import policy
-from vsr_jax.engine import encode, index as index_lib
+from vsr_jax.engine import encode, index as index_lib, query_cache
 from vsr_jax.objectives import sft
 from vsr_jax.stages import base
 from vsr_jax.stages.engine import search
@@ -39,11 +39,16 @@ class Retrieval:
   gt_score: np.ndarray      # [Q]
 
 
-def engine_retrieval(config, engine, engine_params, split, depth: int) -> Retrieval:
+def engine_retrieval(config, engine, engine_params, split, depth: int, *,
+                     pooled=None) -> Retrieval:
+  """pooled: the split's queries through a frozen text encoder (query_cache): projected only."""
   index_lib.check_top_k(depth, split.num_videos, "sft.hard_pool_depth")
   b = config.eval.batch_size
   videos = encode.encode_videos(engine, engine_params, split.features, split.num_frames, b)
-  queries = encode.encode_queries(engine, engine_params, split.tokens, b)
+  if pooled is None:
+    queries = encode.encode_queries(engine, engine_params, split.tokens, b)
+  else:
+    queries = query_cache.project_all(engine, engine_params, pooled, b)
   index = index_lib.ExactIndex.build(videos)
   out = [jax.device_get(search(index, queries[i:i + b], depth))
          for i in range(0, len(queries), b)]
@@ -56,9 +61,15 @@ def train_retrieval(ctx) -> Retrieval:
   """The engine's view of the train split, computed once per run (agent stages share it)."""
   if "train_retrieval" not in ctx.cache:
     config = ctx.config
+    split = ctx.splits[config.data.train_split]
+    pooled = None
+    if query_cache.frozen_text(ctx.engine):
+      pooled = query_cache.pooled_queries(
+          ctx.engine, ctx.engine_params, split.tokens, ctx.workdir, config.data.train_split,
+          batch=config.eval.batch_size, every_seconds=config.log.progress_seconds)
     ctx.cache["train_retrieval"] = engine_retrieval(
-        config, ctx.engine, ctx.engine_params, ctx.splits[config.data.train_split],
-        config.sft.hard_pool_depth)
+        config, ctx.engine, ctx.engine_params, split, config.sft.hard_pool_depth,
+        pooled=pooled)
   return ctx.cache["train_retrieval"]
 
 
@@ -150,7 +161,8 @@ class SftStage(AgentStage):
       pairs = np.concatenate([pools[0][rng.integers(len(pools[0]), size=half)],
                               pools[1][rng.integers(len(pools[1]), size=cfg.batch_size - half)]])
       qi, vid = pairs[:, 0], cand[pairs[:, 0], pairs[:, 1]]
-      return {"tokens": split.tokens[qi], "frames": split.features[vid],
+      return {"tokens": split.tokens[qi], "orig_query": retrieval.queries[qi],
+              "frames": split.features[vid],
               "num_frames": split.num_frames[vid], "matched": vid == split.video_index[qi],
               "span": spans[qi], "gt": split.video_index[qi],
               "ret_keys": retrieval.videos[key_ids[qi]], "ret_ids": key_ids[qi],
