@@ -183,12 +183,17 @@ def loss_and_grad_fn(config, engine, engine_params, agent):
   return fn
 
 
-def test_sft_loss_hqr_straight_through(loss_setup):
-  config, engine, engine_params, batch = loss_setup
-  agent = policy.build_agent(config, VOCAB, "hqr")
+def random_agent(loss_setup, refine: str, seed: int):
+  """(random agent params, jitted loss-and-grad of sft_loss) for the loss_setup's batch."""
+  config, engine, engine_params, _ = loss_setup
+  agent = policy.build_agent(config, VOCAB, refine)
   shapes = jax.eval_shape(lambda r: policy.init_agent(agent, config, r), jax.random.key(0))
-  params = random_params(shapes, 1)
-  fn = loss_and_grad_fn(config, engine, engine_params, agent)
+  return random_params(shapes, seed), loss_and_grad_fn(config, engine, engine_params, agent)
+
+
+def test_sft_loss_hqr_straight_through(loss_setup):
+  config, _, _, batch = loss_setup
+  params, fn = random_agent(loss_setup, "hqr", 1)
   (loss, metrics), grads = fn(params, batch)
   assert np.isfinite(float(loss))
   for k, v in metrics.items():
@@ -290,11 +295,8 @@ def test_sft_step_trains_the_agent_and_leaves_the_engine_alone(loss_setup, monke
 def test_sft_loss_reads_the_given_original_query(loss_setup):
   """batch['orig_query'] (the engine's view of the train split, computed once) stands for
   encoding the tokens in the step: the same loss and gradients."""
-  config, engine, engine_params, batch = loss_setup
-  agent = policy.build_agent(config, VOCAB, "sqr")
-  shapes = jax.eval_shape(lambda r: policy.init_agent(agent, config, r), jax.random.key(0))
-  params = random_params(shapes, 3)
-  fn = loss_and_grad_fn(config, engine, engine_params, agent)
+  _, engine, engine_params, batch = loss_setup
+  params, fn = random_agent(loss_setup, "sqr", 3)
   (loss, _), grads = fn(params, batch)
   q0 = engine.apply({"params": engine_params}, batch["tokens"],
                     method=towers.DualEncoder.encode_text)
