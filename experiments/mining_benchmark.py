@@ -6,8 +6,8 @@ side by side in one run.
       --config.data.dir=DIR [--repeats=3]
 
 Times one mining round each way on the config's train split (compiled first), counts the
-queries whose hard negatives are the same both ways, and prints the seconds and their ratio. The one-off cost of
-filling the cache is printed too.
+queries whose hard negatives are the same both ways, and prints the seconds and their ratio.
+The one-off cost of filling the cache is printed too.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main(argv):
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
     pooled = query_cache.pooled_queries(engine, params, split.tokens, workdir,
-                                        config.data.train_split, batch=batch)
+                                        config.data.train_split)
     fill = time.perf_counter() - start
   before, want = best_of(lambda: engine_stage.mine_hard_negatives(
       engine, params, split, top_k, batch), FLAGS.repeats)
@@ -73,7 +73,8 @@ def main(argv):
         f"batch {batch}")
   print(f"filling the cache once (compile included): {fill:.2f} s")
   print(f"one mining round: every query encoded {before:.2f} s, from the cache {after:.2f} s "
-        f"-> x{before / after:.1f} faster; queries with the same hard negatives: {100 * same:.2f} %")
+        f"-> x{before / after:.1f} faster; queries with the same hard negatives: "
+        f"{100 * same:.2f} %")
 
 
 if __name__ == "__main__":

@@ -188,14 +188,14 @@ def build(out: str, path: str, *, seed: int = 0, fractions=("0.6", "0.1", "0.3")
   return meta
 
 
-def raw_retrieval_r1(out: str, split: str = "test", encode=None) -> float:
+def raw_retrieval_r1(out: str, split: str = "test", encode=None, encoder_dir: str = "") -> float:
   """VR R@1 of the raw sentence vectors (no training): each query against every video's best
   second, by cosine. A yardstick of the stand-in's difficulty, not a method's number."""
   moments, _ = annotations_lib.read_verified(os.path.join(out, "annotations", f"{split}.jsonl"))
   videos = sorted({m.video for m in moments})
   if encode is None:
     from vsr_jax.engine import pretrained   # pylint: disable=g-import-not-at-top
-    encode = pretrained.sentence_encoder("", max_len=64)
+    encode = pretrained.sentence_encoder(encoder_dir, max_len=64)
   q = encode([m.query for m in moments])
   best = np.full((len(moments), len(videos)), -np.inf, np.float32)
   for j, v in enumerate(videos):
@@ -215,7 +215,7 @@ def main(argv):
                max_videos=FLAGS.max_videos, encoder_dir=FLAGS.encoder_dir)
   print(json.dumps(meta["splits"]))
   print(f"raw sentence vectors (no training), test VR R@1: "
-        f"{100 * raw_retrieval_r1(FLAGS.out):.1f} %")
+        f"{100 * raw_retrieval_r1(FLAGS.out, encoder_dir=FLAGS.encoder_dir):.1f} %")
 
 
 def define_flags():

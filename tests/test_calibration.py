@@ -30,9 +30,18 @@ def test_no_matched_example_is_refused():
 
 
 def test_split_checks():
-  calibration.check_split("val", ("val", "test"), "test")
-  with pytest.raises(calibration.CalibrationError, match=r"'val'.*has no split 'val' \(it has "
-                                                         r"test, train\)"):
-    calibration.check_split("val", ("train", "test"), "test")
-  with pytest.raises(calibration.CalibrationError, match="is the eval split"):
-    calibration.check_split("test", ("test",), "test")
+  calibration.check_split("val", "val")
+  # A source that stands another split in for a missing one (TFDS: train -> the eval split).
+  with pytest.raises(calibration.CalibrationError,
+                     match=r"calibrate='train': the data has no split 'train' \(its source "
+                           r"stands split 'test' in for it\)"):
+    calibration.check_split("train", "test")
+
+
+def test_the_calibration_split_is_loaded_with_the_others():
+  from vsr_jax import defaults   # pylint: disable=g-import-not-at-top
+  config = defaults.base_config()
+  assert calibration.with_calibration_split(config, ("train", "test")) == ("train", "test")
+  config.eval.calibrate = "val"
+  assert calibration.with_calibration_split(config, ("test",)) == ("test", "val")
+  assert calibration.with_calibration_split(config, ("val", "test")) == ("val", "test")

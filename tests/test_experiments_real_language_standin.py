@@ -63,20 +63,29 @@ def test_frames_carry_their_moments_content(built, encode):
   """A second inside a moment is nearer that moment's content (cog + fig_weight x fig) than a
   second no moment covers; the features are [ceil(duration), 384], finite."""
   out, _ = built
-  moments, _ = annotations_lib.read_verified(os.path.join(out, "annotations", "test.jsonl"))
-  m = moments[0]
-  feats = np.load(os.path.join(out, "features", m.video + ".npy"))
-  assert feats.shape == (int(np.ceil(m.duration)), 384) and np.isfinite(feats).all()
-  content = encode([m.coarse]) + 0.25 * encode([m.query])
-  content /= np.linalg.norm(content)
-  unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-  inside = unit[int(np.ceil(m.start)):int(np.floor(m.end))] @ content[0]
-  others = [x for x in moments if x.video == m.video]
-  covered = np.zeros(len(feats), bool)
-  for x in others:
-    covered[int(np.floor(x.start)):int(np.ceil(x.end))] = True
-  if (~covered).any():
-    assert inside.mean() > (unit[~covered] @ content[0]).mean() + 0.1
+  moments = []
+  for split in standin.SPLITS:
+    moments += annotations_lib.read_verified(
+        os.path.join(out, "annotations", f"{split}.jsonl"))[0]
+  checked = 0
+  for m in moments:
+    feats = np.load(os.path.join(out, "features", m.video + ".npy"))
+    assert feats.shape == (int(np.ceil(m.duration)), 384) and np.isfinite(feats).all()
+    covered = np.zeros(len(feats), bool)
+    for x in moments:
+      if x.video == m.video:
+        covered[int(np.floor(x.start)):int(np.ceil(x.end))] = True
+    inside = slice(int(np.ceil(m.start)), int(np.floor(m.end)))
+    if covered.all() or inside.stop - inside.start < 2:
+      continue                  # no second left uncovered to compare with
+    content = encode([m.coarse]) + 0.25 * encode([m.query])
+    content /= np.linalg.norm(content)
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    assert (unit[inside] @ content[0]).mean() > (unit[~covered] @ content[0]).mean() + 0.1
+    checked += 1
+    if checked == 5:
+      break
+  assert checked == 5
 
 
 def test_loads_through_the_files_source(built):

@@ -48,24 +48,23 @@ def test_pooled_then_projected_is_the_query_vector(setup):
 
 def test_cached_once_then_read(setup, tmp_path):
   _, engine, params, tokens = setup
-  first = query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train", batch=4)
+  first = query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train")
   path = tmp_path / "cache" / "queries" / "train.npy"
   stamp = path.stat().st_mtime_ns
-  again = query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train", batch=4)
+  again = query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train")
   np.testing.assert_array_equal(first, again)
   assert path.stat().st_mtime_ns == stamp          # read, not written again
   direct = engine.apply({"params": params}, tokens, method=DualEncoder.text_pooled)
   np.testing.assert_allclose(first, np.asarray(direct), atol=1e-6)
   # Other tokens (the data changed): encoded again, the file replaced.
-  fewer = query_cache.pooled_queries(engine, params, tokens[:3], str(tmp_path), "train",
-                                     batch=4)
+  fewer = query_cache.pooled_queries(engine, params, tokens[:3], str(tmp_path), "train")
   assert fewer.shape == (3, 384) and np.load(path).shape == (3, 384)
   assert not [p for p in os.listdir(path.parent) if ".tmp-" in p]
 
 
 def test_another_towers_cache_is_refused(setup, tmp_path):
   _, engine, params, tokens = setup
-  query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train", batch=4)
+  query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train")
   meta = tmp_path / "cache" / "queries" / "train.json"
   data = json.loads(meta.read_text())
   mine = data["tower"]
@@ -74,7 +73,7 @@ def test_another_towers_cache_is_refused(setup, tmp_path):
   with pytest.raises(query_cache.QueryCacheError,
                      match=rf"train.npy: query encodings of another text tower \(fingerprint "
                            rf"0123456789abcdef, this run's {mine}\)"):
-    query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train", batch=4)
+    query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train")
 
 
 def test_fingerprint_follows_the_frozen_weights(setup):
@@ -101,7 +100,7 @@ def test_mining_from_the_cache_equals_mining_from_tokens(setup, tmp_path):
   split.tokens = tokens
   split.video_index = np.array([0, 1, 2, 3, 4, 0], np.int32)
   split.num_videos = V
-  pooled = query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train", batch=4)
+  pooled = query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "train")
   want = engine_stage.mine_hard_negatives(engine, params, split, 3, 4)
   got = engine_stage.mine_hard_negatives(engine, params, split, 3, 4, pooled=pooled)
   np.testing.assert_array_equal(got, want)

@@ -348,3 +348,9 @@ def test_a_given_original_query_is_the_encoded_one(setup):
   for k in ("verdict", "retrieved", "rank", "span", "refines"):
     np.testing.assert_array_equal(given[k], plain[k], err_msg=k)
   np.testing.assert_allclose(given["final_query"], plain["final_query"], atol=1e-6)
+  # Control: another vector is read, not ignored (the first search follows it).
+  other = jax.tree.map(np.asarray, fn(setup["params"], setup["engine_params"], setup["corpus"],
+                                      setup["tokens"], setup["gt"], jax.random.key(0),
+                                      -q0))
+  assert (other["retrieved"][0] != plain["retrieved"][0]).any()
+  np.testing.assert_allclose(other["orig_query"], -np.asarray(q0), atol=1e-6)

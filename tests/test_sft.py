@@ -304,3 +304,6 @@ def test_sft_loss_reads_the_given_original_query(loss_setup):
   np.testing.assert_allclose(float(loss2), float(loss), rtol=1e-6)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  # Control: another vector is read, not ignored.
+  (loss3, _), _ = fn(params, dict(batch, orig_query=-np.asarray(q0)))
+  assert abs(float(loss3) - float(loss)) > 1e-6

@@ -12,7 +12,7 @@ import pytest
 from vsr_jax import calibration, checkpoints, config_lib, defaults, stages, train
 from vsr_jax import metrics as metrics_lib
 from vsr_jax import workdir as workdir_lib
-from vsr_jax.data import batching, sources
+from vsr_jax.data import batching, sources, store
 from vsr_jax.stages import grpo as grpo_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -347,9 +347,14 @@ def test_eval_with_a_calibrated_matched_threshold(run):
       assert m["verify_threshold"] in calibration.GRID, name
     else:
       assert "verify_threshold" not in m, name
-  with pytest.raises(calibration.CalibrationError, match=r"has no split 'val' \(it has "):
+  with pytest.raises(store.DatasetError, match=r"split 'val': missing annotation file"):
     train.evaluate_workdir(smoke(**{"eval.calibrate": "val"}), workdir, eval_name="nocal")
   assert not os.path.exists(os.path.join(workdir, "evals", "nocal", "metrics.json"))
+  # A training run loads it at the start: the error comes before anything trains.
+  fresh = os.path.join(os.path.dirname(workdir), "cal_fresh")
+  with pytest.raises(store.DatasetError, match=r"split 'val': missing annotation file"):
+    train.train_and_evaluate(smoke(**{"eval.calibrate": "val"}), fresh)
+  assert not os.path.exists(os.path.join(fresh, "config.json"))
   with pytest.raises(config_lib.ConfigError, match=r"config.eval.calibrate='test': expected a "
                                                    r"held-out split"):
     defaults.validate(smoke(**{"eval.calibrate": "test"}))

@@ -28,16 +28,20 @@ def margin(threshold: float) -> float:
   return math.log(threshold / (1.0 - threshold))
 
 
-def check_split(name: str, available, eval_split: str) -> None:
-  """eval.calibrate names a split the data has, other than the one evaluated."""
-  if name == eval_split:
+def check_split(name: str, loaded_as: str) -> None:
+  """The split the data source loaded for eval.calibrate is that split (a source may stand
+  another in for a missing one, e.g. TFDS's train -> eval fallback: never calibrate on that)."""
+  if loaded_as != name:
     raise CalibrationError(
-        f"config.eval.calibrate={name!r} is the eval split (data.eval_split): a threshold "
-        "chosen on the queries it is then scored on would flatter the row; use a held-out "
-        "split such as 'val'")
-  if name not in available:
-    raise CalibrationError(f"config.eval.calibrate={name!r}: the data has no split {name!r} "
-                           f"(it has {', '.join(sorted(available)) or 'none'})")
+        f"config.eval.calibrate={name!r}: the data has no split {name!r} (its source stands "
+        f"split {loaded_as!r} in for it); calibrate on a held-out split the data has")
+
+
+def with_calibration_split(config, splits: tuple) -> tuple:
+  """The splits a run loads, plus eval.calibrate's (loaded at the start: a missing one fails
+  before anything trains)."""
+  name = config.eval.calibrate
+  return tuple(splits) + ((name,) if name and name not in splits else ())
 
 
 def choose(scores: dict, *, split: str, row: str, first_turn_hits: int) -> float:

@@ -23,7 +23,7 @@ from vsr_jax import calibration, config_lib, hosts, registry, rollout, sharding
 from vsr_jax import metrics as metrics_lib
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
-from vsr_jax.data import sources, store
+from vsr_jax.data import store
 from vsr_jax.engine import encode
 from vsr_jax.engine import index as index_lib
 from vsr_jax.engine.index import check_top_k
@@ -455,20 +455,15 @@ def calibrated_threshold(ctx, name, row, agent, spec) -> float:
   """The matched threshold of agent row `name` chosen on config.eval.calibrate's split (once
   per stage and episode; vsr_jax/calibration.py)."""
   config = ctx.config
-  key = ("calibration", row.stage, spec)
+  split_name = config.eval.calibrate
+  key = ("calibration", split_name, row.stage, spec)
   if key in ctx.cache:
     return ctx.cache[key]
-  split_name = config.eval.calibrate
-  if "calibration_corpus" not in ctx.cache:
-    if split_name not in ctx.splits:
-      calibration.check_split(split_name, _split_names(ctx), config.data.eval_split)
-      _, loaded = sources.load_data(config, ctx.workdir, splits=(split_name,),
-                                    tokenizer=ctx.tokenizer)
-      ctx.splits[split_name] = loaded[split_name]
-    cal = ctx.splits[split_name]
-    calibration.check_split(split_name, ctx.splits, config.data.eval_split)
-    ctx.cache["calibration_corpus"] = (cal, corpus_of(ctx, cal, directory=None))
-  cal, corpus = ctx.cache["calibration_corpus"]
+  if ("calibration_corpus", split_name) not in ctx.cache:
+    cal = ctx.splits[split_name]      # loaded at the start (calibration.with_calibration_split)
+    calibration.check_split(split_name, cal.name)
+    ctx.cache["calibration_corpus", split_name] = (cal, corpus_of(ctx, cal, directory=None))
+  cal, corpus = ctx.cache["calibration_corpus", split_name]
   params = ctx.stage_params(row.stage)
   scores, hits = {}, None
   for t in calibration.GRID:
@@ -484,13 +479,6 @@ def calibrated_threshold(ctx, name, row, agent, spec) -> float:
                split_name, ", ".join(f"{t}: {100 * v:.1f}" for t, v in scores.items()))
   ctx.cache[key] = threshold
   return threshold
-
-
-def _split_names(ctx) -> list:
-  """The splits the data has (its annotation files), for a calibration split's error."""
-  folder = os.path.join(sources.data_dir(ctx.config, ctx.workdir), "annotations")
-  files = os.listdir(folder) if os.path.isdir(folder) else []
-  return sorted(set(ctx.splits) | {f[:-len(".jsonl")] for f in files if f.endswith(".jsonl")})
 
 
 def _agent_row(ctx, name, row, split, corpus):

@@ -68,7 +68,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ("config", "base", "points", "seeds", "swept", "rows", "metrics", "plot", "plot_right")
 DEFAULT_METRICS = ("vr_r1", "vcmr_r1_iou0.5")
 # Shown as they are (means per query, counts); every other metric is a fraction, shown in %.
-RAW_METRICS = ("mean_rank", "num_queries", "turns_used", "searches", "refinements")
+RAW_METRICS = ("mean_rank", "num_queries", "turns_used", "searches", "refinements",
+               "verify_threshold")
 PER_TURN_METRIC = "vr_r1"
 
 

@@ -12,7 +12,7 @@ import os
 from absl import logging
 from tensorboardX import SummaryWriter
 
-from vsr_jax import config_lib, defaults, evaluate, hosts, registry, sharding, stages
+from vsr_jax import calibration, config_lib, defaults, evaluate, hosts, registry, sharding, stages
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.stages import NonFiniteError  # noqa: F401 (re-exported: callers catch it here)
 
@@ -47,8 +47,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   workdir_lib.check(config, workdir, mode="train")
   if os.path.isdir(workdir):   # outputs a kill left half-published are completed first
     hosts.on_primary(lambda: workdir_lib.recover(workdir), "recover outputs")
-  ctx = stages.Context.open(config, workdir, mesh=mesh,
-                            splits=(config.data.train_split, config.data.eval_split))
+  ctx = stages.Context.open(config, workdir, mesh=mesh, splits=calibration.with_calibration_split(
+      config, (config.data.train_split, config.data.eval_split)))
   check_corpora(ctx)
   # Claimed only now: a run that failed on its input (a missing manual_dir, a bad file, a
   # corpus too small for the mesh) leaves no config.json to refuse the corrected command.
@@ -85,7 +85,8 @@ def evaluate_workdir(config, workdir: str, eval_name: str = "") -> dict:
   workdir_lib.prepare(config, workdir, mode="eval")
   hosts.on_primary(lambda: workdir_lib.recover(workdir), "recover outputs")
   at = stages.parse_checkpoint(config, workdir)
-  ctx = stages.Context.open(config, workdir, mesh=mesh)
+  ctx = stages.Context.open(config, workdir, mesh=mesh, splits=calibration.with_calibration_split(
+      config, (config.data.eval_split,)))
   check_corpora(ctx)
   ctx.at = at
   for folder in at:

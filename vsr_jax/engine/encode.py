@@ -14,7 +14,7 @@ from vsr_jax.engine.towers import DualEncoder
 from vsr_jax.progress import Progress
 
 
-def _batched(fn, arrays, batch: int, name: str = "", every_seconds: float = 1e9):
+def batched(fn, arrays, batch: int, name: str = "", every_seconds: float = 1e9):
   """Applies a jitted fn to fixed-size batches (the last one padded: one compilation)."""
   n = len(arrays[0])
   outs = []
@@ -43,11 +43,11 @@ def _query_vectors(engine, params, tokens):
 def encode_videos(engine, params, features, num_frames, batch: int, *, name: str = "",
                   every_seconds: float = 10.0) -> np.ndarray:
   fn = lambda f, n: _video_vectors(engine, params, f, n)
-  return _batched(fn, [features, num_frames], batch, name, every_seconds)
+  return batched(fn, [features, num_frames], batch, name, every_seconds)
 
 
 def encode_queries(engine, params, tokens, batch: int) -> np.ndarray:
-  return _batched(lambda t: _query_vectors(engine, params, t), [tokens], batch)
+  return batched(lambda t: _query_vectors(engine, params, t), [tokens], batch)
 
 
 def best_window(scores: jax.Array, num_frames: jax.Array):

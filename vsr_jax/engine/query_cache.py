@@ -15,6 +15,7 @@ workdir's engine was trained on the other tower; nothing of this run would fit i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,8 +25,8 @@ import numpy as np
 from absl import logging
 
 from vsr_jax import config_lib, hosts
-from vsr_jax.engine import towers
-from vsr_jax.progress import Progress
+from vsr_jax.data import store
+from vsr_jax.engine import encode, towers
 
 
 class QueryCacheError(config_lib.InputError):
@@ -37,13 +38,21 @@ def frozen_text(engine) -> bool:
   return hasattr(engine.text, "pooled") and hasattr(engine.text, "project")
 
 
+# Bumped when the pooling code changes what a cached encoding holds.
+VERSION = 1
+# Encodings are made in batches of this size whatever the config's batch sizes: a query's
+# vector is then the same bits in every run and process that computes it.
+BATCH = 256
+
+
 def fingerprint(engine, text_params) -> str:
-  """A digest of what the pooled output depends on: the frozen weights and the tower's shape
-  (max_len, num_slots: the template the queries are pooled in)."""
+  """A digest of what the pooled output depends on besides the tokens: the encoder's
+  architecture and frozen weights, the query template (slots, special ids), the pooling code's
+  version."""
   h = hashlib.sha1()
   t = engine.text
-  h.update(json.dumps([type(t).__name__, t.max_len, t.num_slots, t.cls_id, t.sep_id,
-                       t.mask_id]).encode())
+  h.update(json.dumps([VERSION, type(t).__name__, dataclasses.asdict(t.arch), t.num_slots,
+                       t.cls_id, t.sep_id, t.mask_id], sort_keys=True).encode())
   frozen = text_params[towers.FROZEN]
   for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(frozen),
                            key=lambda kv: jax.tree_util.keystr(kv[0])):
@@ -62,27 +71,14 @@ project = jax.jit(lambda engine, params, pooled: engine.apply(
 
 
 def project_all(engine, params, pooled: np.ndarray, batch: int) -> np.ndarray:
-  """[Q, E] query vectors from pooled encodings: the engine's current projection, batched."""
-  return np.concatenate([np.asarray(hosts.fetch(project(engine, params, pooled[i:i + batch])))
-                         for i in range(0, len(pooled), batch)])
-
-
-def _encode(engine, params, tokens: np.ndarray, batch: int, name: str,
-            every_seconds: float) -> np.ndarray:
-  out = []
-  progress = Progress(name, len(tokens), "queries", every_seconds)
-  for i in range(0, len(tokens), batch):
-    part = tokens[i:i + batch]
-    real = len(part)
-    if real < batch:      # one compiled shape
-      part = np.concatenate([part, np.repeat(part[-1:], batch - real, 0)])
-    out.append(np.asarray(hosts.fetch(_pooled(engine, params, part)))[:real])
-    progress.update(i + real)
-  return np.concatenate(out).astype(np.float32)
+  """[Q, E] query vectors from pooled encodings: the engine's current projection, batched
+  (the parameters placed once, not with every batch)."""
+  params = jax.device_put(params)
+  return encode.batched(lambda p: project(engine, params, p), [pooled], batch)
 
 
 def pooled_queries(engine, params, tokens: np.ndarray, workdir: str, split: str, *,
-                   batch: int, every_seconds: float = 10.0) -> np.ndarray:
+                   every_seconds: float = 10.0) -> np.ndarray:
   """[Q, hidden] pooled encodings of `tokens` (a split's queries), from the workdir's cache or
   computed and cached. params: the engine's ({'text': ...} at least)."""
   fp = fingerprint(engine, params["text"])
@@ -104,15 +100,19 @@ def pooled_queries(engine, params, tokens: np.ndarray, workdir: str, split: str,
       if pooled.shape == (len(tokens), meta.get("hidden")):
         return pooled
     logging.info("%s: made for other query tokens (the data changed): encoding again", path)
-  pooled = _encode(engine, params, tokens, batch, f"encode {split} queries (frozen tower, "
-                   "once)", every_seconds)
+  text = jax.device_put(params)
+  pooled = encode.batched(lambda t: _pooled(engine, text, t), [tokens], BATCH,
+                          f"encode {split} queries (frozen tower, once)", every_seconds)
+  pooled = pooled.astype(np.float32)
   if hosts.is_primary():
     os.makedirs(folder, exist_ok=True)
+    # The description goes first and comes back last: a kill in between leaves an array
+    # without one, which is encoded again, never one described as something else.
+    if os.path.exists(meta_path):
+      os.remove(meta_path)
     tmp = f"{path}.tmp-{os.getpid()}.npy"
     np.save(tmp, pooled)
     os.replace(tmp, path)
-    tmp = f"{meta_path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-      json.dump({"tower": fp, "tokens": tokens_digest, "hidden": int(pooled.shape[1])}, f)
-    os.replace(tmp, meta_path)
+    store.atomic_write_text(meta_path, json.dumps(
+        {"tower": fp, "tokens": tokens_digest, "hidden": int(pooled.shape[1])}))
   return pooled

@@ -123,7 +123,7 @@ class EngineStage(base.Stage):
       if "pooled_train" not in ctx.cache:
         ctx.cache["pooled_train"] = query_cache.pooled_queries(
             engine, params, train.tokens, ctx.workdir, config.data.train_split,
-            batch=config.eval.batch_size, every_seconds=config.log.progress_seconds)
+            every_seconds=config.log.progress_seconds)
       return ctx.cache["pooled_train"]
 
     def batch_fn(step, state):

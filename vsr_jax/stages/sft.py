@@ -66,7 +66,7 @@ def train_retrieval(ctx) -> Retrieval:
     if query_cache.frozen_text(ctx.engine):
       pooled = query_cache.pooled_queries(
           ctx.engine, ctx.engine_params, split.tokens, ctx.workdir, config.data.train_split,
-          batch=config.eval.batch_size, every_seconds=config.log.progress_seconds)
+          every_seconds=config.log.progress_seconds)
     ctx.cache["train_retrieval"] = engine_retrieval(
         config, ctx.engine, ctx.engine_params, split, config.sft.hard_pool_depth,
         pooled=pooled)
