@@ -473,7 +473,7 @@ def calibrated_threshold(ctx, name, row, agent, spec) -> float:
     scores[t] = metrics_lib.fig_metrics(
         final_rank=final.rank, orig_rank=turns[0].rank, answer=final.answer,
         pred_time=final.pred_time, gt_time=cal.times)[calibration.METRIC]
-    hits = int(np.sum(turns[0].rank == 1))
+  hits = int(np.sum(turns[0].rank == 1))     # the first search is the same at every threshold
   threshold = calibration.choose(scores, split=split_name, row=name, first_turn_hits=hits)
   logging.info("%s: matched threshold %.1f (VCMR 0.5/R@1 on %s: %s)", name, threshold,
                split_name, ", ".join(f"{t}: {100 * v:.1f}" for t, v in scores.items()))

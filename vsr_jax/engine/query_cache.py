@@ -77,6 +77,14 @@ def project_all(engine, params, pooled: np.ndarray, batch: int) -> np.ndarray:
   return encode.batched(lambda p: project(engine, params, p), [pooled], batch)
 
 
+def query_vectors(engine, params, tokens: np.ndarray, batch: int, pooled=None) -> np.ndarray:
+  """[Q, E] the engine's vectors of a split's queries: projected from `pooled` (this module's
+  cache of a frozen tower) when given, else encoded from the tokens."""
+  if pooled is None:
+    return encode.encode_queries(engine, params, tokens, batch)
+  return project_all(engine, params, pooled, batch)
+
+
 def pooled_queries(engine, params, tokens: np.ndarray, workdir: str, split: str, *,
                    every_seconds: float = 10.0) -> np.ndarray:
   """[Q, hidden] pooled encodings of `tokens` (a split's queries), from the workdir's cache or

@@ -64,10 +64,7 @@ def mine_hard_negatives(engine, params, split, top_k: int, batch: int, *, pooled
   projection is applied, instead of encoding every query again."""
   videos = encode.encode_videos(engine, params, split.features, split.num_frames, batch,
                                 name="mining: encode videos", every_seconds=every_seconds)
-  if pooled is None:
-    queries = encode.encode_queries(engine, params, split.tokens, batch)
-  else:
-    queries = query_cache.project_all(engine, params, pooled, batch)
+  queries = query_cache.query_vectors(engine, params, split.tokens, batch, pooled)
   k = min(top_k + 1, split.num_videos)
   index = index_lib.ExactIndex.build(videos)
   ids = np.concatenate([np.asarray(search(index, queries[i:i + batch], k)[1])

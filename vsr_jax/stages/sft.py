@@ -45,10 +45,7 @@ def engine_retrieval(config, engine, engine_params, split, depth: int, *,
   index_lib.check_top_k(depth, split.num_videos, "sft.hard_pool_depth")
   b = config.eval.batch_size
   videos = encode.encode_videos(engine, engine_params, split.features, split.num_frames, b)
-  if pooled is None:
-    queries = encode.encode_queries(engine, engine_params, split.tokens, b)
-  else:
-    queries = query_cache.project_all(engine, engine_params, pooled, b)
+  queries = query_cache.query_vectors(engine, engine_params, split.tokens, b, pooled)
   index = index_lib.ExactIndex.build(videos)
   out = [jax.device_get(search(index, queries[i:i + b], depth))
          for i in range(0, len(queries), b)]
