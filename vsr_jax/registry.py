@@ -84,15 +84,17 @@ class Registry:
 
 
 # Built-ins live in these packages; each module there registers its own pieces.
-DATASETS = Registry("dataset source", "vsr_jax.data.sources")
-TEXT_TOWERS = Registry("text tower", "vsr_jax.engine.towers", "vsr_jax.engine.pretrained")
+DATASETS = Registry("dataset source", "vsr_jax.data.sources", "vsr_jax.data.reference")
+TEXT_TOWERS = Registry("text tower", "vsr_jax.engine.towers", "vsr_jax.engine.pretrained",
+                       "vsr_jax.engine.qwen3_text")
 INDEX_BACKENDS = Registry("index backend", "vsr_jax.engine.index")
 REFINERS = Registry("refiner", "vsr_jax.agent.refiners")
+AGENT_BACKBONES = Registry("agent backbone", "vsr_jax.agent.policy", "vsr_jax.agent.qwen3_trunk")
 REWARDS = Registry("reward", "vsr_jax.objectives.rewards")
 ADVANTAGES = Registry("advantage estimator", "vsr_jax.objectives.grpo")
 AGGREGATIONS = Registry("loss aggregation", "vsr_jax.objectives.grpo")
 STAGES = Registry("training stage", "vsr_jax.stages")
-ROW_KINDS = Registry("method-row kind", "vsr_jax.evaluate")
+ROW_KINDS = Registry("method-row kind", "vsr_jax.evaluate", "vsr_jax.released_engine")
 
 
 def import_extra(config) -> None:

@@ -16,18 +16,46 @@ Heads (METHOD.md §1-2):
             [REFINE]'s state (no rollout; cheaper, and it learns faster here: README).
             agent.refine_words: refine_projector (and HQR's word head) also read the query's
             mean word embedding beside the hidden state, a direct path from the words.
+Trunk (agent.backbone): 'scratch' is the pre-norm transformer above, its blocks in this module;
+any other name is a registered backbone (registry.AGENT_BACKBONES; agent/qwen3_trunk.py: a
+pretrained Qwen3 decoder with LoRA or full fine-tuning). A causal backbone (an LLM) reads the
+verdict from the last prefix position ([REFINE], where an LLM would generate its answer), since
+[VERIFY] at the start sees nothing under causal attention; rotary positions replace the learned
+ones.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vsr_jax import registry
 from vsr_jax.data.tokenizer import PAD
 
 MATCHED, NOT_MATCHED = 0, 1
 MAX_LATENTS = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+  """A registered agent trunk (config.agent.backbone).
+
+  build(config, vocab_size) -> a module with `causal`, `width`, `embed_words(tokens)`,
+  `__call__(x, mask, positions, past) -> (hidden after the final norm, cache)` and
+  `word_logits(h)`; load(config, trunk_params) -> the trunk's params with pretrained weights in
+  place (called once on fresh parameters); check(config): validation that reads files (before
+  any data is read). 'scratch' (build None) is the Agent's own blocks.
+  """
+  build: Callable | None = None
+  load: Callable = lambda config, params: params
+  check: Callable = lambda config: None
+
+
+registry.AGENT_BACKBONES.register("scratch", Backbone())
 
 
 def rect_identity(key, shape, dtype=jnp.float32):
@@ -105,13 +133,24 @@ class Agent(nn.Module):
   refine_hidden: int = 0    # hidden width of refine_projector (0 -> latent_dim)
   # refine_projector also reads the query's mean word embedding beside the hidden state.
   refine_words: bool = False
+  trunk: nn.Module | None = None   # a registered backbone's trunk; None: own blocks
+
+  @property
+  def causal(self) -> bool:
+    return self.trunk is not None and self.trunk.causal
 
   def setup(self):
     init = nn.initializers.normal(0.02)
-    self.word_embed = nn.Embed(self.vocab_size, self.width, embedding_init=init)
-    self.query_pos = self.param("query_pos", init, (self.max_query_len, self.width))
-    self.frame_pos = self.param("frame_pos", init, (self.max_frames, self.width))
-    self.latent_pos = self.param("latent_pos", init, (MAX_LATENTS, self.width))
+    if self.trunk is None:
+      self.word_embed = nn.Embed(self.vocab_size, self.width, embedding_init=init)
+      self.query_pos = self.param("query_pos", init, (self.max_query_len, self.width))
+      self.frame_pos = self.param("frame_pos", init, (self.max_frames, self.width))
+      self.latent_pos = self.param("latent_pos", init, (MAX_LATENTS, self.width))
+      self.blocks = [Block(self.heads, self.mlp_dim, name=f"block{i}")
+                     for i in range(self.depth)]
+      self.ln_out = nn.LayerNorm()
+      # HQR: a word per refinement position (a backbone brings its own output layer).
+      self.word_head = nn.Dense(self.vocab_size)
     self.special = self.param("special", init, (3, self.width))   # VERIFY, GROUND, REFINE
     self.frame_ln = nn.LayerNorm()
     self.frame_proj = nn.Dense(self.width)
@@ -125,8 +164,6 @@ class Agent(nn.Module):
       self.engine_frame_proj = nn.Dense(self.width)
       self.sim_proj = nn.Dense(self.width)
       self.query_proj = nn.Dense(self.width)
-    self.blocks = [Block(self.heads, self.mlp_dim, name=f"block{i}") for i in range(self.depth)]
-    self.ln_out = nn.LayerNorm()
     self.verify_head = nn.Dense(2)
     self.start_head = nn.Dense(1)
     self.end_head = nn.Dense(1)
@@ -141,8 +178,23 @@ class Agent(nn.Module):
     self.latent_in = nn.Dense(self.width, kernel_init=rect_identity)
     self.append_ln = nn.LayerNorm(epsilon=self.latent_eps)
     self.append = nn.Dense(self.latent_dim, kernel_init=rect_identity)
-    # HQR: a word per refinement position.
-    self.word_head = nn.Dense(self.vocab_size)
+
+  # ------------------------------------------------------------------ trunk
+  def _words(self, tokens):
+    if self.trunk is not None:
+      return self.trunk.embed_words(tokens)
+    return self.word_embed(tokens)
+
+  def _run(self, x, mask, positions, past):
+    """The trunk over x [B, T, H] (mask [B, T, S] over keys, past keys first) -> hidden after
+    the final norm [B, T, H], cache."""
+    if self.trunk is not None:
+      return self.trunk(x, mask, positions, past)
+    cache = []
+    for i, block in enumerate(self.blocks):
+      x, kv = block(x, mask, None if past is None else past[i])
+      cache.append(kv)
+    return self.ln_out(x), cache
 
   # ------------------------------------------------------------------ prefix
   def prefix_inputs(self, tokens, frames, num_frames, engine_frames=None, query_vec=None):
@@ -150,8 +202,10 @@ class Agent(nn.Module):
     B, L = tokens.shape
     F = frames.shape[1]
     sp = jnp.broadcast_to(self.special, (B, 3, self.width))
-    words = self.word_embed(tokens) + self.query_pos[:L]
-    frames = self.frame_proj(self.frame_ln(frames)) + self.frame_pos[:F]
+    words = self._words(tokens)
+    frames = self.frame_proj(self.frame_ln(frames))
+    if self.trunk is None:   # a backbone brings rotary positions
+      words, frames = words + self.query_pos[:L], frames + self.frame_pos[:F]
     if self.engine_dim:
       if engine_frames is None or query_vec is None:
         raise ValueError("this agent reads the engine's view (agent.engine_inputs=True): "
@@ -179,17 +233,19 @@ class Agent(nn.Module):
     """
     B = tokens.shape[0]
     x, valid = self.prefix_inputs(tokens, frames, num_frames, engine_frames, query_vec)
-    mask = valid[:, None, :] & jnp.ones((B, x.shape[1], 1), bool)
-    cache = []
-    for block in self.blocks:
-      x, kv = block(x, mask, None)
-      cache.append(kv)
-    return self.ln_out(x), cache, valid
+    P = x.shape[1]
+    mask = valid[:, None, :] & jnp.ones((B, P, 1), bool)
+    if self.causal:
+      mask = mask & jnp.tril(jnp.ones((P, P), bool))[None]
+    hidden, cache = self._run(x, mask, jnp.broadcast_to(jnp.arange(P), (B, P)), None)
+    return hidden, cache, valid
 
   def heads_out(self, hidden, num_frames, L: int):
     """Verify logits [B, 2] and span logits [B, F, F] (-inf outside s <= e < num_frames)."""
     F = hidden.shape[1] - L - 3
-    verify = self.verify_head(hidden[:, 0])
+    # Under causal attention [VERIFY] (position 0) sees nothing: the verdict comes from the
+    # last position, which has read the query and every frame.
+    verify = self.verify_head(hidden[:, -1 if self.causal else 0])
     h_frames = hidden[:, L + 2:L + 2 + F]
     start = self.start_head(h_frames)[..., 0]
     end = self.end_head(h_frames)[..., 0]
@@ -202,20 +258,18 @@ class Agent(nn.Module):
   def latent_step(self, x_new, cache, valid, k: int):
     """One appended position: x_new [B, H] attends to the cached prefix and earlier latents."""
     B = x_new.shape[0]
-    x = (x_new + self.latent_pos[k])[:, None]
+    x = (x_new if self.trunk is not None else x_new + self.latent_pos[k])[:, None]
     keys = jnp.concatenate([valid, jnp.ones((B, k + 1), bool)], axis=1)
-    new_cache = []
-    for block, past in zip(self.blocks, cache):
-      x, kv = block(x, keys[:, None, :], past)
-      new_cache.append(kv)
-    return self.ln_out(x)[:, 0], new_cache
+    positions = jnp.full((B, 1), valid.shape[1] + k)
+    h, new_cache = self._run(x, keys[:, None, :], positions, cache)
+    return h[:, 0], new_cache
 
   def refine_state(self, h, tokens):
     """What refine_projector reads: the hidden state [B, H] (and the query's bag of words)."""
     if not self.refine_words:
       return h
     mask = (tokens != PAD)[..., None].astype(h.dtype)
-    bag = (self.word_embed(tokens) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+    bag = (self._words(tokens) * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
     return jnp.concatenate([h, self.refine_words_ln(bag)], -1)
 
   def to_latent(self, h):
@@ -245,10 +299,12 @@ class Agent(nn.Module):
     return self.append(self.append_ln(z))
 
   def word_logits(self, h):
+    if self.trunk is not None:
+      return self.trunk.word_logits(h)
     return self.word_head(h)
 
   def embed_word(self, token):
-    return self.word_embed(token)
+    return self._words(token)
 
   def act(self, tokens, frames, num_frames, *, num_latents: int, mode: str, sigma: float,
           rng=None, forced=None, engine_frames=None, query_vec=None):
@@ -328,19 +384,28 @@ class Agent(nn.Module):
 def build_agent(config, vocab_size: int, refine: str) -> Agent:
   """The agent of config.agent with the head the registered refiner `refine` reads (sqr | hqr;
   vsr_jax/agent/refiners.py)."""
-  from vsr_jax import registry   # pylint: disable=g-import-not-at-top (refiners import us)
   refine = registry.REFINERS.get(refine, "agent.refine").head
   a = config.agent
-  return Agent(vocab_size=vocab_size, max_query_len=config.data.max_query_len,
-               max_frames=config.data.max_frames, width=a.width, depth=a.depth, heads=a.heads,
-               mlp_dim=a.mlp_dim, latent_dim=config.engine.text.width,
-               refine=refine,
-               engine_dim=config.engine.embed_dim if a.engine_inputs else 0,
-               standardize=a.standardize_latents, latent_eps=a.latent_eps,
-               # HQR always rolls its words out: no N-wide refine_projector for it.
-               parallel_latents=(a.num_latents if a.sqr_head == "parallel" and
-                                 refine == "sqr" else 0),
-               refine_hidden=a.refine_hidden, refine_words=a.refine_words)
+  fields = dict(vocab_size=vocab_size, max_query_len=config.data.max_query_len,
+                max_frames=config.data.max_frames, width=a.width, depth=a.depth, heads=a.heads,
+                mlp_dim=a.mlp_dim, latent_dim=config.engine.text.width,
+                refine=refine,
+                engine_dim=config.engine.embed_dim if a.engine_inputs else 0,
+                standardize=a.standardize_latents, latent_eps=a.latent_eps,
+                # HQR always rolls its words out: no N-wide refine_projector for it.
+                parallel_latents=(a.num_latents if a.sqr_head == "parallel" and
+                                  refine == "sqr" else 0),
+                refine_hidden=a.refine_hidden, refine_words=a.refine_words)
+  return Agent(**dict(fields, **_backbone_fields(config, vocab_size)))
+
+
+def _backbone_fields(config, vocab_size: int) -> dict:
+  """A registered backbone's trunk (its width replaces agent.width); {} for 'scratch'."""
+  backbone = registry.AGENT_BACKBONES.get(config.agent.backbone, "agent.backbone")
+  if backbone.build is None:
+    return {}
+  trunk = backbone.build(config, vocab_size)
+  return {"trunk": trunk, "width": trunk.width}
 
 
 def init_agent(agent: Agent, config, rng, engine_params=None):
@@ -349,6 +414,9 @@ def init_agent(agent: Agent, config, rng, engine_params=None):
   tokens = jnp.zeros((1, config.data.max_query_len), jnp.int32).at[:, 0].set(2)
   frames = jnp.zeros((1, config.data.max_frames, config.data.feature_dim), jnp.float32)
   params = jax.jit(agent.init)(rng, tokens, frames, jnp.ones((1,), jnp.int32))["params"]
+  if "trunk" in params:   # a pretrained backbone: its checkpoint's weights
+    backbone = registry.AGENT_BACKBONES.get(config.agent.backbone, "agent.backbone")
+    return dict(params, trunk=backbone.load(config, params["trunk"]))
   table = None if engine_params is None else (
       engine_params.get("text", {}).get("token_embed", {}).get("embedding"))
   if table is not None and table.shape == params["word_embed"]["embedding"].shape:

@@ -275,15 +275,18 @@ def _features_on_disk(prefix: str, key: str, video_ids: list, load: callable, sh
   return np.load(prefix + ".npy", mmap_mode="r"), num_frames, frame_seconds
 
 
-def build_split(name: str, moments: list, load: callable, data_cfg, tokenizer, *, fps: float,
-                counts, where: str, progress_seconds: float = 10.0, on_disk: str = "",
-                key: str = "") -> Split:
+def build_split(name: str, moments: list, load: callable | None, data_cfg, tokenizer, *,
+                fps: float, counts, where: str, progress_seconds: float = 10.0,
+                on_disk: str = "", key: str = "", video_ids: list | None = None) -> Split:
   """Arrays of a split from its moments and `load(video_id) -> [frames, D]` features.
 
+  load: None for a split without per-frame features (features [V, 0, D], no frames).
   on_disk: a path prefix: the features become a read-only memory map there (written on first
   use, reused while `key`, a digest of what they are made from, matches) instead of an array
-  in memory."""
-  video_ids = list(dict.fromkeys(m.video for m in moments))
+  in memory.
+  video_ids: the corpus, in this order (default: the moments' videos, first seen first); it
+  holds every moment's video, and a video without moments takes its length from its frames."""
+  video_ids = list(dict.fromkeys(m.video for m in moments) if video_ids is None else video_ids)
   index = {v: i for i, v in enumerate(video_ids)}
   durations = {}
   for m in moments:
@@ -291,7 +294,10 @@ def build_split(name: str, moments: list, load: callable, data_cfg, tokenizer, *
       counts["videos_with_inconsistent_duration"] += 1
   V, F, D = len(video_ids), data_cfg.max_frames, data_cfg.feature_dim
   progress = Progress(f"load {name} features", V, "videos", progress_seconds)
-  if on_disk:
+  if load is None:
+    features = np.zeros((V, 0, D), np.float32)
+    num_frames, frame_seconds = np.zeros(V, np.int32), np.zeros(V, np.float32)
+  elif on_disk:
     digest = hashlib.sha1(json.dumps([key, fps, video_ids]).encode()).hexdigest()
     features, num_frames, frame_seconds = _features_on_disk(
         f"{on_disk}.F{F}", digest, video_ids, load, (V, F, D), fps, counts, progress)
@@ -312,7 +318,8 @@ def build_split(name: str, moments: list, load: callable, data_cfg, tokenizer, *
   return Split(
       name=name, video_ids=video_ids, features=features, num_frames=num_frames,
       frame_seconds=frame_seconds,
-      durations=np.array([durations[v] for v in video_ids], np.float32),
+      durations=np.array([durations.get(v, num_frames[i] * frame_seconds[i])
+                          for i, v in enumerate(video_ids)], np.float32),
       desc_ids=np.array([m.desc_id for m in moments], np.int64), queries=texts,
       tokens=tokens, fine=fine,
       video_index=np.array([index[m.video] for m in moments], np.int32),

@@ -263,6 +263,13 @@ class PretrainedTextTower(nn.Module):
     self.proj = nn.Dense(self.embed_dim,
                          kernel_init=_identity_or_default(self.embed_dim, self.arch.hidden))
 
+  def template_key(self) -> tuple:
+    """What the query template depends on besides the weights (query_cache's fingerprint)."""
+    return (self.num_slots, self.cls_id, self.sep_id, self.mask_id)
+
+  def load_pretrained(self, text_params: dict) -> dict:
+    return load_into(self, text_params)
+
   def word_vectors(self, tokens: jax.Array) -> jax.Array:
     """Word-piece embeddings without positions: what a discrete word adds onto a slot (HQR)."""
     return self.bert.word_vectors(tokens)

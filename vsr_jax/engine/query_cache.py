@@ -51,9 +51,9 @@ def fingerprint(engine, text_params) -> str:
   version."""
   h = hashlib.sha1()
   t = engine.text
-  h.update(json.dumps([VERSION, type(t).__name__, dataclasses.asdict(t.arch), t.num_slots,
-                       t.cls_id, t.sep_id, t.mask_id], sort_keys=True).encode())
-  frozen = text_params[towers.FROZEN]
+  h.update(json.dumps([VERSION, type(t).__name__, dataclasses.asdict(t.arch),
+                       *t.template_key()], sort_keys=True).encode())
+  frozen = next(text_params[k] for k in towers.FROZEN_KEYS if k in text_params)
   for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(frozen),
                            key=lambda kv: jax.tree_util.keystr(kv[0])):
     a = np.asarray(hosts.fetch(leaf))

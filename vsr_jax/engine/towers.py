@@ -23,8 +23,10 @@ import optax
 from vsr_jax import config_lib, registry
 from vsr_jax.data.tokenizer import PAD
 
-# The params key of pretrained weights that no stage may change (engine/pretrained.py).
+# The params keys of pretrained weights that no stage may change: engine/pretrained.py's BERT,
+# and a Qwen3 decoder kept frozen (engine/qwen3_text.py; an agent trained with LoRA).
 FROZEN = "bert"
+FROZEN_KEYS = (FROZEN, "pretrained")
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-6) -> jax.Array:
@@ -197,23 +199,22 @@ def build_engine(config, vocab_size: int) -> DualEncoder:
 def init_engine(engine: DualEncoder, config, rng: jax.Array):
   tokens = jnp.zeros((1, config.data.max_query_len), jnp.int32).at[:, 0].set(2)
   feats = jnp.zeros((1, config.data.max_frames, config.data.feature_dim), jnp.float32)
-  if hasattr(engine.text, "model_dir"):   # a pretrained text tower: its real weights
-    from vsr_jax.engine import pretrained
-    # Jitted: an eager init would run BERT op by op (seconds).
+  if hasattr(engine.text, "load_pretrained"):   # a pretrained text tower: its real weights
+    # Jitted: an eager init would run the encoder op by op (seconds).
     params = jax.jit(engine.init)(rng, tokens, feats, jnp.ones((1,), jnp.int32))["params"]
-    return dict(params, text=pretrained.load_into(engine.text, params["text"]))
+    return dict(params, text=engine.text.load_pretrained(params["text"]))
   return engine.init(rng, tokens, feats, jnp.ones((1,), jnp.int32))["params"]
 
 
 def freeze(tx: optax.GradientTransformation, params) -> optax.GradientTransformation:
-  """tx for the trainable leaves, zero updates for pretrained weights (under FROZEN).
+  """tx for the trainable leaves, zero updates for pretrained weights (under FROZEN_KEYS).
 
   Their gradients are already zero (stop_gradient in the module); this keeps weight decay
   from moving them too. Returns tx itself when nothing is frozen (the optimizer state of a
   from-scratch engine is unchanged).
   """
   labels = jax.tree_util.tree_map_with_path(
-      lambda path, _: "frozen" if any(getattr(k, "key", None) == FROZEN for k in path)
+      lambda path, _: "frozen" if any(getattr(k, "key", None) in FROZEN_KEYS for k in path)
       else "train", params)
   if "frozen" not in jax.tree.leaves(labels):
     return tx

@@ -55,12 +55,15 @@ class Context:
   def open(cls, config, workdir: str, *, splits=None, mesh=None) -> "Context":
     """Loads the data (splits; default: the eval split, which gives the tokenizer too) and
     builds the engine module."""
+    # Pretrained models' files are checked first (headers only): a bad one fails in seconds.
+    own = towers.tokenizer_for(config)
+    registry.AGENT_BACKBONES.get(config.agent.backbone, "agent.backbone").check(config)
     # Process 0 of a multi-host run makes what is missing (generated data, a TFDS build);
     # then every process reads it at once.
     hosts.primary_first(lambda: sources.prepare_data(config, workdir), "prepare data")
     tokenizer, loaded = sources.load_data(config, workdir,
                                           splits=splits or (config.data.eval_split,),
-                                          tokenizer=towers.tokenizer_for(config))
+                                          tokenizer=own)
     engine = towers.build_engine(config, len(tokenizer))
     return cls(config, workdir, tokenizer, loaded, engine, mesh=mesh)
 

@@ -95,6 +95,8 @@ class EngineStage(base.Stage):
   def key_fields(self, config):
     # A source other than the generated world reads its data from a folder: the folder is the
     # dataset (two runs on two folders never share an engine).
+    if config.data.source == "reference":
+      return self.reads + ("data.reference_dir", "data.reference_features_dir")
     if config.data.source != "synthetic":
       return self.reads + ("data.dir", "data.manual_dir")
     return self.reads

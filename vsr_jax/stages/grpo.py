@@ -12,7 +12,7 @@ from absl import logging
 from flax.training import train_state
 
 from vsr_jax import hosts, registry
-from vsr_jax.engine import index as index_lib
+from vsr_jax.engine import index as index_lib, towers
 from vsr_jax.objectives import grpo
 from vsr_jax.rollout import Corpus, EpisodeConfig
 from vsr_jax.stages import base
@@ -100,8 +100,8 @@ class GrpoStage(AgentStage):
         donate_argnums=0)
     step_fn = functools.partial(train_step, corpus=corpus)
     return base.Loop(folder=self.name, steps=cfg.steps, state=None,
-                     init=lambda p: train_state.TrainState.create(apply_fn=agent.apply,
-                                                                  params=p, tx=tx),
+                     init=lambda p: train_state.TrainState.create(
+                         apply_fn=agent.apply, params=p, tx=towers.freeze(tx, p)),
                      init_args=(ref_params,),
                      description=self.describe(config, self.name), step_fn=step_fn,
                      batch_fn=batch_fn, reads_state=lambda step: False)   # made ahead

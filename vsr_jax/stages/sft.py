@@ -18,7 +18,7 @@ from flax.training import train_state
 
 from vsr_jax import config_lib, hosts, registry
 from vsr_jax.agent import policy
-from vsr_jax.engine import encode, index as index_lib, query_cache
+from vsr_jax.engine import encode, index as index_lib, query_cache, towers
 from vsr_jax.objectives import sft
 from vsr_jax.stages import base
 from vsr_jax.stages.engine import search
@@ -103,8 +103,9 @@ class AgentStage(base.Stage):
     agent = self.agent(ctx)
     params = policy.init_agent(agent, ctx.config, jax.random.PRNGKey(ctx.config.seed + 1),
                                engine_params if ctx.config.agent.engine_inputs else None)
+    # A frozen pretrained trunk (LoRA) gets zero updates and no optimizer state.
     return train_state.TrainState.create(apply_fn=agent.apply, params=params,
-                                         tx=self.optimizer(ctx.config))
+                                         tx=towers.freeze(self.optimizer(ctx.config), params))
 
   def restore(self, ctx):
     (folder, steps), = self.folders(ctx.config)

@@ -1,0 +1,196 @@
+"""Tests for vsr_jax.agent.qwen3_trunk: a pretrained Qwen3 decoder as the agent's trunk (loaded
+weights, causal prefix, the KV-cached latent rollout against a full recompute, LoRA vs full
+fine-tuning, HQR's tied output layer) and its configuration errors."""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vsr_jax import config_lib, defaults
+from vsr_jax.agent import policy
+from vsr_jax.agent.policy import Agent
+from vsr_jax.data.tokenizer import PAD
+from vsr_jax.engine import towers
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "experiments"))
+import tiny_qwen3  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+CONFIG = os.path.join(REPO, "configs", "qwen3.py") + ":smoke"
+B, L, N = 2, 16, 3
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  return tiny_qwen3.make(str(tmp_path_factory.mktemp("tiny") / "qwen3"))
+
+
+def make_config(model_dir, **over):
+  fields = {"engine.text.pretrained_dir": model_dir, "agent.backbone_dir": model_dir,
+            "agent.sqr_head": "rollout", "agent.num_latents": str(N),
+            "engine.text.num_slots": str(N)}
+  fields.update({k: str(v) for k, v in over.items()})
+  return config_lib.load(CONFIG, fields)
+
+
+def inputs(config, seed=0):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(2, 400, (B, L)).astype(np.int32)
+  tokens[1, 5:] = PAD
+  F, D = config.data.max_frames, config.data.feature_dim
+  frames = rng.standard_normal((B, F, D)).astype(np.float32)
+  return jnp.asarray(tokens), jnp.asarray(frames), jnp.asarray([F, 7], jnp.int32)
+
+
+def engine_view(config, frames):
+  e = config.engine.embed_dim
+  return jnp.ones(frames.shape[:2] + (e,)) * 0.1, jnp.ones((frames.shape[0], e)) / np.sqrt(e)
+
+
+@pytest.fixture(scope="module")
+def lora(model_dir):
+  config = make_config(model_dir)
+  agent = policy.build_agent(config, 513, "sqr")
+  params = policy.init_agent(agent, config, jax.random.key(0))
+  return config, agent, params
+
+
+def test_loads_the_checkpoint(lora, model_dir):
+  from safetensors.numpy import load_file
+  config, agent, params = lora
+  raw = load_file(os.path.join(model_dir, "model.safetensors"))
+  w = params["trunk"]["pretrained"]
+  np.testing.assert_array_equal(w["embed"], raw["model.embed_tokens.weight"])
+  np.testing.assert_array_equal(w["down"][0], raw["model.layers.0.mlp.down_proj.weight"].T)
+  assert agent.width == 64 and set(params["trunk"]) == {"pretrained", "lora"}
+  assert "word_embed" not in params and "block0" not in params   # no scratch trunk
+
+
+def test_cached_latent_rollout_equals_full_recompute(lora):
+  """Forced latents through the KV cache equal one causal pass over prefix + latent inputs."""
+  config, agent, params = lora
+  params = jax.tree.map(lambda x: x, params)
+  # Non-zero refine projector so that the means are not all zero.
+  params["refine_out"] = {"kernel": 0.1 * jax.random.normal(
+      jax.random.key(3), params["refine_out"]["kernel"].shape), "bias":
+      params["refine_out"]["bias"]}
+  tokens, frames, nf = inputs(config)
+  ef, qv = engine_view(config, frames)
+  forced = jax.random.normal(jax.random.key(4), (B, N, config.engine.text.width))
+  out = agent.apply({"params": params}, tokens, frames, nf, num_latents=N, mode="forced",
+                    sigma=0.05, forced=forced, engine_frames=ef, query_vec=qv,
+                    method=Agent.act)
+
+  def full(m):
+    x, valid = m.prefix_inputs(tokens, frames, nf, ef, qv)
+    lat = m.latent_input(forced[:, :N - 1])
+    x = jnp.concatenate([x, lat], 1)
+    ok = jnp.concatenate([valid, jnp.ones((B, N - 1), bool)], 1)
+    S = x.shape[1]
+    mask = ok[:, None, :] & jnp.tril(jnp.ones((S, S), bool))[None]
+    hidden, _ = m.trunk(x, mask, jnp.broadcast_to(jnp.arange(S), (B, S)), None)
+    P = valid.shape[1]
+    return jnp.stack([m.to_latent(hidden[:, P - 1 + k]) for k in range(N)], 1)
+
+  want = agent.apply({"params": params}, method=full)
+  np.testing.assert_allclose(out["mean"], want, atol=2e-5)
+  assert float(jnp.abs(want).max()) > 0.1
+
+
+def test_verdict_reads_the_last_position(lora):
+  config, agent, params = lora
+  tokens, frames, nf = inputs(config)
+  ef, qv = engine_view(config, frames)
+
+  def verify(f):
+    return agent.apply({"params": params}, tokens, f, nf, num_latents=0, mode="greedy",
+                       sigma=0.05, engine_frames=ef, query_vec=qv, method=Agent.act)["verify"]
+
+  # The last frame of row 0 is after [VERIFY] but before [REFINE]: the verdict must see it.
+  other = jax.random.normal(jax.random.key(5), frames.shape[-1:])
+  moved = verify(frames.at[0, -1].set(other))
+  assert float(jnp.abs(moved[0] - verify(frames)[0]).max()) > 1e-4
+
+
+def _grads(config, agent, params):
+  tokens, frames, nf = inputs(config)
+  ef, qv = engine_view(config, frames)
+
+  def loss(p):
+    out = agent.apply({"params": p}, tokens, frames, nf, num_latents=N, mode="greedy",
+                      sigma=0.05, engine_frames=ef, query_vec=qv, method=Agent.act)
+    return out["verify"].sum() + out["span"][jnp.isfinite(out["span"])].sum() * 1e-3
+  return jax.grad(loss)(params)
+
+
+def test_lora_trains_adapters_only(lora):
+  config, agent, params = lora
+  g = _grads(config, agent, params)
+  assert all(float(jnp.abs(v).max()) == 0 for v in jax.tree.leaves(g["trunk"]["pretrained"]))
+  # B starts at zero, so A's gradient is zero at first; B's is not.
+  assert float(jnp.abs(g["trunk"]["lora"]["q_b"]).max()) > 0
+  tx = towers.freeze(optax.adamw(1e-2, weight_decay=0.5), params)
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  assert all(float(jnp.abs(u).max()) == 0
+             for u in jax.tree.leaves(updates["trunk"]["pretrained"]))
+
+
+def test_full_fine_tuning(model_dir):
+  config = make_config(model_dir, **{"agent.lora_rank": 0})
+  agent = policy.build_agent(config, 513, "sqr")
+  params = policy.init_agent(agent, config, jax.random.key(0))
+  assert set(params["trunk"]) == {"backbone"}
+  g = _grads(config, agent, params)
+  assert float(jnp.abs(g["trunk"]["backbone"]["q"]).max()) > 0
+  assert towers.freeze(optax.sgd(1.0), params) is not None
+
+
+def test_hqr_uses_the_tied_embedding(lora, model_dir):
+  config, _, params = lora
+  hqr = policy.build_agent(config, 513, "hqr")
+  p = policy.init_agent(hqr, config, jax.random.key(0))
+  h = jax.random.normal(jax.random.key(1), (B, 64))
+  logits = hqr.apply({"params": p}, h, method=Agent.word_logits)
+  assert logits.shape == (B, 513) and float(logits[:, 0].max()) < -1e8
+  table = p["trunk"]["pretrained"]["embed"]
+  np.testing.assert_allclose(logits[:, 1:], h @ table.T, rtol=1e-5, atol=1e-4)
+  assert "word_head" not in p
+
+
+def test_needs_the_qwen3_engine(model_dir):
+  config = make_config(model_dir, **{"engine.text.kind": "scratch", "engine.text.width": 64})
+  with pytest.raises(config_lib.ConfigError, match="needs engine.text.kind='qwen3'"):
+    from vsr_jax import registry
+    registry.AGENT_BACKBONES.get("qwen3").check(config)
+
+
+def test_needs_a_directory_and_the_same_vocabulary(model_dir):
+  config = make_config(model_dir, **{"agent.backbone_dir": ""})
+  with pytest.raises(config_lib.ConfigError, match="needs agent.backbone_dir"):
+    policy.build_agent(config, 513, "sqr")
+  with pytest.raises(config_lib.ConfigError, match="must share a tokenizer"):
+    policy.build_agent(make_config(model_dir), 300, "sqr")
+
+
+def test_unknown_backbone_is_a_config_error(model_dir):
+  config = make_config(model_dir, **{"agent.backbone": "qwen4"})
+  with pytest.raises(config_lib.ConfigError, match="agent.backbone='qwen4'.*known: qwen3, "
+                                                   "scratch"):
+    defaults.validate(config)
+
+
+def test_bfloat16_trunk(model_dir):
+  config = make_config(model_dir, **{"agent.backbone_dtype": "bfloat16"})
+  agent = policy.build_agent(config, 513, "sqr")
+  params = policy.init_agent(agent, config, jax.random.key(0))
+  assert params["trunk"]["pretrained"]["q"].dtype == jnp.bfloat16
+  tokens, frames, nf = inputs(config)
+  ef, qv = engine_view(config, frames)
+  out = agent.apply({"params": params}, tokens, frames, nf, num_latents=N, mode="greedy",
+                    sigma=0.05, engine_frames=ef, query_vec=qv, method=Agent.act)
+  assert out["mean"].dtype == jnp.float32 and bool(jnp.isfinite(out["verify"]).all())
