@@ -116,17 +116,15 @@ def make(directory: str, **kwargs) -> str:
   return directory
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("out", None, "the model directory to make", required=True)
-for _name, _value in settings().items():
-  flags.DEFINE_integer(_name, _value, f"the model's {_name}")
-
-
 def main(argv):
   del argv
-  out = make(FLAGS.out, **{k: FLAGS[k].value for k in settings()})
+  out = make(flags.FLAGS.out, **{k: flags.FLAGS[k].value for k in settings()})
   print(json.dumps({"model_dir": out}))
 
 
 if __name__ == "__main__":
+  # Flags only when run as a script: other scripts and tests import make().
+  flags.DEFINE_string("out", None, "the model directory to make", required=True)
+  for _name, _value in settings().items():
+    flags.DEFINE_integer(_name, _value, f"the model's {_name}")
   sys.exit(app.run(main))

@@ -74,8 +74,8 @@ def test_rows_of_the_kind_are_checked(release):
   row = dict(kind="released_engine", stage="", turns=0, refine="")
   bad = config_lib.set_values(config_lib.load(released.CONFIG + ":default"),
                               {"data.source": "synthetic", "engine.train.source": "stream"})
-  with pytest.raises(ConfigError, match=r"config.eval.rows.released_engine.kind='released_engine'"
-                                        r" reads the reference's released embeddings"):
+  with pytest.raises(ConfigError, match=r"config.eval.rows.released_engine: a released-embedding"
+                                        r" row reads the reference's released embeddings"):
     defaults.validate(bad)
   for field, value in (("stage", "engine"), ("refine", "sqr")):
     config = released.config(release.root)
@@ -83,3 +83,50 @@ def test_rows_of_the_kind_are_checked(release):
     with pytest.raises(ConfigError, match=f"config.eval.rows.ours.{field}={value!r}: expected "
                                           "''"):
       defaults.validate(config)
+
+
+def test_our_text_path_against_their_index(release, tmp_path):
+  """Kind 'released_index': the run's own Qwen3 text path (a tiny random Qwen3 here) searches
+  the released video vectors. With a release whose query vectors are that text path's own,
+  it reports exactly the released_engine row's numbers."""
+  import sys
+  sys.path.insert(0, os.path.join(released.REPO, "experiments"))
+  import tiny_qwen3
+  from vsr_jax.stages import base
+  model = tiny_qwen3.make(str(tmp_path / "tiny"))
+  row = dict(stage="", turns=0, refine="")
+  rows = {"released_engine": dict(row, kind="released_engine"),
+          "released_index": dict(row, kind="released_index")}
+  config = released.config(release.root, **{
+      "engine.text.kind": "qwen3", "engine.text.pretrained_dir": model,
+      "engine.text.width": 64, "data.max_query_len": 16, "eval.rows": rows})
+  ctx = base.Context.open(config, str(tmp_path / "ctx"), splits=("test",))
+  split = ctx.splits["test"]
+  ours = released_engine.own_query_vectors(ctx, split)
+  assert ours.shape == (split.num_queries, 64)
+  np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+  # Rewrite the release with our vectors: queries as ours (in query_meta's order), each video
+  # the vector of its first query plus noise.
+  files = reference.paths(release.root, "test")
+  row_of_desc = {d: i for i, d in enumerate(split.desc_ids.tolist())}
+  meta = release.meta_lines()
+  np.save(files["query_embeddings"],
+          ours[[row_of_desc[int(m["qid"].split("_")[0])] for m in meta]])
+  rng = np.random.default_rng(0)
+  videos = rng.normal(size=(split.num_videos, 64)).astype(np.float32)
+  for q, v in enumerate(split.video_index):
+    if q == list(split.video_index).index(v):
+      videos[v] = ours[q] + 0.01 * videos[v]
+  docid = release.docid2row()
+  matrix = np.zeros_like(videos)
+  for i, vid in enumerate(split.video_ids):
+    matrix[docid[vid]] = videos[i]
+  np.save(files["video_embeddings"], matrix)
+  got = train.train_and_evaluate(config, str(tmp_path / "run"))
+  for key in ("vr_r1", "vr_r5", "mrr", "mean_rank"):
+    assert got["released_index"][key] == pytest.approx(got["released_engine"][key]), key
+  assert got["released_index"]["vr_r1"] > 0.3
+  # A tower with no pretrained query vector of its own is refused by name.
+  scratch = released.config(release.root, **{"eval.rows": rows})
+  with pytest.raises(ConfigError, match="no pretrained query vector"):
+    train.train_and_evaluate(scratch, str(tmp_path / "run2"))

@@ -12,6 +12,13 @@ ground.
 It reads no trained stage and no features, so it runs with config.stages=() too:
 
   eval.rows.released_engine = dict(kind='released_engine', stage='', turns=0, refine='')
+
+Kind 'released_index': the same released video vectors as the index, searched with the query
+vectors of this run's own text tower as loaded (its `sentence_embedding`: for
+engine.text.kind='qwen3' the embedding model's last-token vector, no projection), i.e. our
+Flax text path of their embedding model against their index. With the real
+Qwen3-VL-Embedding-2B weights in engine.text.pretrained_dir its numbers should equal
+released_engine's; the log reports the cosine between our query vectors and theirs.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ import functools
 import jax
 import numpy as np
 
+from absl import logging
+
 from vsr_jax import evaluate, hosts, registry
 from vsr_jax.config_lib import ConfigError
 from vsr_jax.data import reference
-from vsr_jax.engine import index as index_lib
+from vsr_jax.engine import index as index_lib, towers
 
 
 @functools.partial(jax.jit, static_argnames="k")
@@ -69,10 +78,46 @@ def _evaluate(ctx, name, row, split, corpus):
 
 def _check(config, name: str) -> None:
   if not config.data.reference_dir:
-    raise ConfigError(f"config.eval.rows.{name}.kind='released_engine' reads the reference's "
+    raise ConfigError(f"config.eval.rows.{name}: a released-embedding row reads the reference's "
                       "released embeddings: expected config.data.reference_dir to name their "
                       "folder")
 
 
+def own_query_vectors(ctx, split) -> np.ndarray:
+  """[Q, hidden] L2-normalised query vectors of the run's text tower as loaded (no stage)."""
+  engine, config = ctx.engine, ctx.config
+  if not hasattr(engine.text, "sentence_embedding"):
+    raise ConfigError(f"config.engine.text.kind={config.engine.text.kind!r} has no pretrained "
+                      "query vector of its own: a 'released_index' row needs a pretrained "
+                      "text tower (qwen3, minilm)")
+  params = towers.init_engine(engine, config, jax.random.key(config.seed))
+  encode = jax.jit(lambda p, t: engine.apply(
+      {"params": p}, t, method=lambda m, t: m.text.sentence_embedding(t)))
+  batch = config.eval.batch_size
+  out = []
+  for start in range(0, split.num_queries, batch):
+    tokens = split.tokens[start:start + batch]
+    padded = np.zeros((batch,) + tokens.shape[1:], tokens.dtype)
+    padded[:len(tokens)] = tokens
+    out.append(np.asarray(hosts.fetch(encode(params, padded)))[:len(tokens)])
+  return np.concatenate(out) if out else np.zeros((0, engine.text.width), np.float32)
+
+
+def _evaluate_own_queries(ctx, name, row, split, corpus):
+  del row, corpus
+  videos, released = reference.released_embeddings(ctx.config.data.reference_dir, split)
+  queries = own_query_vectors(ctx, split)
+  if queries.shape[1] != videos.shape[1]:
+    raise ConfigError(f"eval.rows.{name}: the text tower's vectors are {queries.shape[1]}-d, "
+                      f"the released video vectors {videos.shape[1]}-d: not the same model")
+  agree = np.einsum("qd,qd->q", queries, released)
+  logging.info("%s: cosine of our query vectors with the released ones: mean %.6f, min %.6f "
+               "(%d queries)", name, agree.mean() if len(agree) else np.nan,
+               agree.min() if len(agree) else np.nan, len(agree))
+  return released_row(ctx.config, split, videos, queries, name=name, mesh=ctx.mesh)
+
+
 registry.ROW_KINDS.register("released_engine", evaluate.RowKind(
     _evaluate, stage="", corpus=False, check=_check))
+registry.ROW_KINDS.register("released_index", evaluate.RowKind(
+    _evaluate_own_queries, stage="", corpus=False, check=_check))

@@ -359,7 +359,9 @@ class Qwen3(nn.Module):
                     for name, shape in self.cfg.shapes().items()}
 
   def _w(self) -> dict:
-    return jax.tree.map(jax.lax.stop_gradient, self.weights) if self.frozen else self.weights
+    # jnp.asarray: parameters may arrive as host (numpy) arrays, e.g. a closed-over reference
+    # policy, which a traced index cannot read.
+    return jax.tree.map(jax.lax.stop_gradient if self.frozen else jnp.asarray, self.weights)
 
   def embed(self, ids: jax.Array) -> jax.Array:
     return self._w()["embed"][ids]
