@@ -194,3 +194,20 @@ def test_bfloat16_trunk(model_dir):
   out = agent.apply({"params": params}, tokens, frames, nf, num_latents=N, mode="greedy",
                     sigma=0.05, engine_frames=ef, query_vec=qv, method=Agent.act)
   assert out["mean"].dtype == jnp.float32 and bool(jnp.isfinite(out["verify"]).all())
+
+
+def test_fsdp_splits_every_decoder_weight(lora):
+  """The scale issue's 'fsdp' rule over a model axis of 4: every layer stack and the embedding
+  table of the trunk are split along one of their dimensions (norm vectors are too small)."""
+  from vsr_jax import sharding
+
+  class FakeMesh:
+    shape = {"data": 1, "corpus": 1, "model": 4}
+
+  _, _, params = lora
+  for name, w in params["trunk"]["pretrained"].items():
+    spec = sharding.param_spec(w.shape, FakeMesh(), "fsdp")
+    if "norm" in name:
+      assert spec == sharding.P(), name
+    else:
+      assert "model" in tuple(spec), (name, w.shape, spec)
