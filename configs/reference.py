@@ -8,7 +8,9 @@ test/query_embedding/, ...). Presets:
 
   default    the reference engine's single shot from its own released embeddings (row
              released_engine): their VR R@k / MRR through our metric code; nothing trains
-             and only the test split is read.
+             and only the test split is read. Add a row of kind 'released_index' (with
+             --config.engine.text.kind=qwen3 and the embedding model's directory) to search
+             their index with our own Qwen3 text path (vsr_jax/released_engine.py).
   features   every stage trained on per-frame features of the released videos
              (--config.data.reference_features_dir=FEATS, <video>.npy each, at data.fps and
              --config.data.feature_dim), evaluated with the usual rows plus released_engine.

@@ -37,3 +37,25 @@ def test_every_stage_with_the_qwen3_engine_and_agent(tmp_path):
   assert float(np.abs(np.asarray(trunk["lora"]["q_b"])).max()) > 0
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     assert json.load(f)["agent"]["backbone"] == "qwen3"
+
+
+def test_a_bad_checkpoint_fails_first_and_leaves_the_workdir_free(tmp_path):
+  """A tensor whose shape disagrees with config.json: one error line naming the file, before
+  any data is made or anything compiles; the corrected command may use the same workdir."""
+  import shutil
+  import subprocess
+  model = tiny_qwen3.make(str(tmp_path / "tiny"))
+  bad = tmp_path / "bad"
+  shutil.copytree(model, bad)
+  cfg = json.loads((bad / "config.json").read_text())
+  cfg["intermediate_size"] = 96
+  (bad / "config.json").write_text(json.dumps(cfg))
+  wd = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-m", "vsr_jax.main", f"--config={CONFIG}", f"--workdir={wd}",
+       f"--config.engine.text.pretrained_dir={bad}", f"--config.agent.backbone_dir={model}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert f"{bad}/model.safetensors: tensor 'model.layers.0.mlp.gate_proj.weight' has shape " \
+         "(128, 64), config.json implies (96, 64)" in proc.stderr
+  assert not os.path.exists(wd / "config.json") and not os.path.exists(wd / "data")
