@@ -8,9 +8,9 @@ published config.json files give them (below, typed in: this machine cannot down
 pass the downloaded files to check). Prints, per model: the decoder's parameters (embedding
 table, layers, final norm; no vision tower, which this project does not build: frames arrive as
 features), the bfloat16 bytes of the weights, what the training state of the agent stage holds
-(full fine-tuning with AdamW: weights + gradients + two moments in the weights' dtype, as
-optax keeps them; LoRA: the frozen weights + adapters with their gradients and moments in
-float32) and the LoRA adapters' size.
+(full fine-tuning with AdamW: float32 master weights + gradients + two moments, as
+models/qwen3.py keeps trainable weights; LoRA: the frozen bfloat16 weights + float32 adapters
+with their gradients and moments) and the LoRA adapters' size. Activations are not counted.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def sizes(cfg: qwen3.Qwen3Config, lora_rank: int) -> dict:
   lora = sum(a * b * c for a, b, c in qwen3.lora_shapes(cfg, lora_rank).values())
   return {"params": n, "non_embedding": n - embed, "bf16_weights_gib": 2 * n / GIB,
           "f32_weights_gib": 4 * n / GIB,
-          "full_ft_adamw_bf16_gib": 4 * 2 * n / GIB,
+          "full_ft_adamw_f32_gib": 4 * 4 * n / GIB,
           "lora_params": lora, "lora_state_gib": (2 * n + 4 * 4 * lora) / GIB}
 
 
@@ -65,8 +65,8 @@ def main(argv):
           "without the embedding table)")
     print(f"  weights              {s['bf16_weights_gib']:.2f} GiB bfloat16, "
           f"{s['f32_weights_gib']:.2f} GiB float32")
-    print(f"  full fine-tuning     {s['full_ft_adamw_bf16_gib']:.2f} GiB (bf16 weights, "
-          "gradients, AdamW moments; activations not counted)")
+    print(f"  full fine-tuning     {s['full_ft_adamw_f32_gib']:.2f} GiB (float32 master "
+          "weights, gradients, AdamW moments; activations not counted)")
     print(f"  LoRA rank {FLAGS.lora_rank:<3d}        {s['lora_params'] / 1e6:.1f} M adapter "
           f"parameters; {s['lora_state_gib']:.2f} GiB state (frozen bf16 weights + f32 "
           "adapters, gradients, moments)")

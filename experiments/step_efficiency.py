@@ -348,7 +348,9 @@ def open_context(config, train_videos: int) -> stages.Context:
   logging.info("train split: %d videos, %d queries in %.0fs", split.num_videos,
                split.num_queries, time.perf_counter() - start)
   engine = towers.build_engine(config, len(tokenizer))
-  return stages.Context(config, "", tokenizer, {config.data.train_split: split}, engine)
+  # A temporary workdir: a frozen text tower's query cache is written there (query_cache.py).
+  workdir = tempfile.mkdtemp(prefix="step_efficiency_run_")
+  return stages.Context(config, workdir, tokenizer, {config.data.train_split: split}, engine)
 
 
 def stage_loop(ctx, name: str):

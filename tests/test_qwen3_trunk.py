@@ -93,7 +93,8 @@ def test_cached_latent_rollout_equals_full_recompute(lora):
     ok = jnp.concatenate([valid, jnp.ones((B, N - 1), bool)], 1)
     S = x.shape[1]
     mask = ok[:, None, :] & jnp.tril(jnp.ones((S, S), bool))[None]
-    hidden, _ = m.trunk(x, mask, jnp.broadcast_to(jnp.arange(S), (B, S)), None)
+    # Positions count valid tokens (a padded query leaves no gap), latents after them.
+    hidden, _ = m.trunk(x, mask, jnp.maximum(jnp.cumsum(ok, 1) - 1, 0), None)
     P = valid.shape[1]
     return jnp.stack([m.to_latent(hidden[:, P - 1 + k]) for k in range(N)], 1)
 
@@ -147,7 +148,9 @@ def test_full_fine_tuning(model_dir):
   assert set(params["trunk"]) == {"backbone"}
   g = _grads(config, agent, params)
   assert float(jnp.abs(g["trunk"]["backbone"]["q"]).max()) > 0
-  assert towers.freeze(optax.sgd(1.0), params) is not None
+  tx = optax.sgd(1.0)
+  assert towers.freeze(tx, params) is tx   # nothing frozen: the optimizer as it is
+  assert params["trunk"]["backbone"]["q"].dtype == jnp.float32   # master weights
 
 
 def test_hqr_uses_the_tied_embedding(lora, model_dir):
@@ -211,3 +214,49 @@ def test_fsdp_splits_every_decoder_weight(lora):
       assert spec == sharding.P(), name
     else:
       assert "model" in tuple(spec), (name, w.shape, spec)
+
+
+def test_refine_words_with_the_tied_output_layer(model_dir):
+  """agent.refine_words: SQR's projector reads the word bag; HQR's output layer the state."""
+  config = make_config(model_dir, **{"agent.refine_words": True})
+  for refine in ("sqr", "hqr"):
+    agent = policy.build_agent(config, 513, refine)
+    params = policy.init_agent(agent, config, jax.random.key(0))
+    assert params["refine_in"]["kernel"].shape[0] == 128 or refine == "hqr"
+
+
+def test_engine_and_agent_must_share_a_tokenizer(model_dir, tmp_path):
+  import json
+  from vsr_jax import registry
+  other = tiny_qwen3.make(str(tmp_path / "other"), vocab=400)
+  config = make_config(model_dir, **{"agent.backbone_dir": other})
+  with pytest.raises(config_lib.ConfigError, match="vocab_size 400, the engine's .* 512: the "
+                                                   "agent and the engine must share"):
+    registry.AGENT_BACKBONES.get("qwen3").check(config)
+  import shutil
+  same_size = tmp_path / "same"
+  shutil.copytree(model_dir, same_size)
+  tok = json.loads((same_size / "tokenizer.json").read_text())
+  vocab = tok["model"]["vocab"]
+  a, b = sorted(vocab)[100:102]
+  vocab[a], vocab[b] = vocab[b], vocab[a]     # same size, two ids swapped
+  (same_size / "tokenizer.json").write_text(json.dumps(tok, indent=1))
+  config = make_config(model_dir, **{"agent.backbone_dir": str(same_size)})
+  with pytest.raises(config_lib.ConfigError, match="tokenizer.json differs from the engine's"):
+    registry.AGENT_BACKBONES.get("qwen3").check(config)
+
+
+def test_hqr_needs_a_tied_checkpoint(model_dir, tmp_path):
+  import json
+  import shutil
+  from vsr_jax import registry
+  untied = tmp_path / "untied"
+  shutil.copytree(model_dir, untied)
+  cfg = json.loads((untied / "config.json").read_text())
+  cfg["tie_word_embeddings"] = False
+  (untied / "config.json").write_text(json.dumps(cfg))
+  config = make_config(str(untied))
+  with pytest.raises(config_lib.ConfigError, match="tie_word_embeddings is false"):
+    registry.AGENT_BACKBONES.get("qwen3").check(config)
+  config = make_config(str(untied), stages="('engine', 'sft', 'grpo')")
+  registry.AGENT_BACKBONES.get("qwen3").check(config)   # SQR only: fine

@@ -75,8 +75,11 @@ def test_rows_of_the_kind_are_checked(release):
   bad = config_lib.set_values(config_lib.load(released.CONFIG + ":default"),
                               {"data.source": "synthetic", "engine.train.source": "stream"})
   with pytest.raises(ConfigError, match=r"config.eval.rows.released_engine: a released-embedding"
-                                        r" row reads the reference's released embeddings"):
+                                        r" row reads the split of the reference's release: "
+                                        r"expected config.data.source='reference'"):
     defaults.validate(bad)
+  with pytest.raises(ConfigError, match=r"config.data.reference_dir='': expected the folder"):
+    defaults.validate(config_lib.load(released.CONFIG + ":default"))
   for field, value in (("stage", "engine"), ("refine", "sqr")):
     config = released.config(release.root)
     config = config_lib.set_values(config, {"eval.rows": {"ours": dict(row, **{field: value})}})

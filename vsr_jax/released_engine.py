@@ -77,6 +77,10 @@ def _evaluate(ctx, name, row, split, corpus):
 
 
 def _check(config, name: str) -> None:
+  if config.data.source != "reference":
+    raise ConfigError(f"config.eval.rows.{name}: a released-embedding row reads the split of "
+                      "the reference's release: expected config.data.source='reference', not "
+                      f"{config.data.source!r}")
   if not config.data.reference_dir:
     raise ConfigError(f"config.eval.rows.{name}: a released-embedding row reads the reference's "
                       "released embeddings: expected config.data.reference_dir to name their "

@@ -237,7 +237,10 @@ class Agent(nn.Module):
     mask = valid[:, None, :] & jnp.ones((B, P, 1), bool)
     if self.causal:
       mask = mask & jnp.tril(jnp.ones((P, P), bool))[None]
-    hidden, cache = self._run(x, mask, jnp.broadcast_to(jnp.arange(P), (B, P)), None)
+    # Rotary positions count the valid tokens only, as an LLM sees its prompt (no gap for a
+    # short query's padding); learned positions are added in prefix_inputs instead.
+    positions = jnp.maximum(jnp.cumsum(valid, 1) - 1, 0)
+    hidden, cache = self._run(x, mask, positions, None)
     return hidden, cache, valid
 
   def heads_out(self, hidden, num_frames, L: int):
@@ -260,7 +263,7 @@ class Agent(nn.Module):
     B = x_new.shape[0]
     x = (x_new if self.trunk is not None else x_new + self.latent_pos[k])[:, None]
     keys = jnp.concatenate([valid, jnp.ones((B, k + 1), bool)], axis=1)
-    positions = jnp.full((B, 1), valid.shape[1] + k)
+    positions = (valid.sum(1) + k)[:, None]
     h, new_cache = self._run(x, keys[:, None, :], positions, cache)
     return h[:, 0], new_cache
 

@@ -18,6 +18,9 @@ tokenizer: engine.text.kind='qwen3'.
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -60,7 +63,11 @@ class Qwen3Trunk(nn.Module):
     return hidden.astype(jnp.float32), cache
 
   def word_logits(self, h):
-    """[B, H] -> [B, V + 1] over pipeline ids (column 0, padding, never chosen)."""
+    """[B, H'] -> [B, V + 1] over pipeline ids (column 0, padding, never chosen). The output
+    layer reads the hidden state, the first H columns of what the head is given (with
+    agent.refine_words the query's word bag follows; the tied output layer has no place
+    for it)."""
+    h = h[..., :self.cfg.hidden]
     table = self._model().embed_table()
     logits = h.astype(table.dtype) @ table.T
     pad = jnp.full(logits.shape[:-1] + (1,), -1e9, jnp.float32)
@@ -68,7 +75,6 @@ class Qwen3Trunk(nn.Module):
 
 
 def _directory(config) -> str:
-  import os
   path = config.agent.backbone_dir
   if not path:
     raise ConfigError("config.agent.backbone='qwen3' needs agent.backbone_dir: a local "
@@ -79,9 +85,15 @@ def _directory(config) -> str:
   return path
 
 
+def _digest(path: str) -> str:
+  """Of the tokenizer as the library reads it (the file's formatting does not count)."""
+  import tokenizers
+  return hashlib.sha1(tokenizers.Tokenizer.from_file(path).to_str().encode()).hexdigest()
+
+
 def check(config) -> None:
   """Before any data is read: the checkpoint's config and weight shapes (file headers only),
-  and a tokenizer shared with the engine."""
+  a tokenizer shared with the engine, an output layer for HQR."""
   directory = _directory(config)
   arch = qwen3.Qwen3Config.load(directory)
   qwen3.check_weights(directory, arch)
@@ -90,6 +102,23 @@ def check(config) -> None:
     raise ConfigError(
         f"config.agent.backbone='qwen3' reads Qwen token ids: it needs engine.text.kind="
         f"'qwen3' (the engine's tokenizer tokenises the data), not {config.engine.text.kind!r}")
+  engine_dir = config.engine.text.pretrained_dir
+  engine_vocab = qwen3.Qwen3Config.load(engine_dir).vocab_size
+  if engine_vocab != arch.vocab_size:
+    raise ConfigError(
+        f"{directory}/config.json has vocab_size {arch.vocab_size}, the engine's "
+        f"{engine_dir}/config.json {engine_vocab}: the agent and the engine must share a "
+        "tokenizer")
+  mine, theirs = (os.path.join(d, "tokenizer.json") for d in (directory, engine_dir))
+  if os.path.isfile(mine) and os.path.isfile(theirs) and _digest(mine) != _digest(theirs):
+    raise ConfigError(f"{mine} differs from the engine's {theirs}: the agent and the engine "
+                      "must share a tokenizer")
+  hqr = config.agent.refine == "hqr" or "sft_hqr" in config.stages
+  if hqr and not arch.tie_embeddings:
+    raise ConfigError(
+        f"{directory}/config.json: tie_word_embeddings is false, and HQR reads its words from "
+        "the tied output layer (the embedding table): train SQR only (drop sft_hqr from "
+        "config.stages) or use a tied checkpoint")
 
 
 def build(config, vocab_size: int) -> Qwen3Trunk:
@@ -106,9 +135,10 @@ def build(config, vocab_size: int) -> Qwen3Trunk:
 def load(config, params: dict) -> dict:
   directory = _directory(config)
   arch = qwen3.Qwen3Config.load(directory)
-  weights = qwen3.load_weights(directory, arch,
-                               np.dtype(qwen3.dtype_of(config.agent.backbone_dtype)))
   key = "pretrained" if config.agent.lora_rank else "backbone"
+  # In the placeholders' dtype: trainable weights are float32 masters, frozen ones are stored
+  # in agent.backbone_dtype (qwen3.Qwen3.storage_dtype).
+  weights = qwen3.load_weights(directory, arch, np.dtype(params[key]["embed"].dtype))
   return dict(params, **{key: {k: jnp.asarray(v) for k, v in weights.items()}})
 
 

@@ -116,7 +116,8 @@ class Qwen3Config:
     if theta is None:
       raise Qwen3Error(f"{where}: missing key 'rope_theta'")
     hidden, heads = get("hidden_size"), get("num_attention_heads")
-    tie = text.get("tie_word_embeddings", raw.get("tie_word_embeddings", True))
+    # transformers' default is untied.
+    tie = text.get("tie_word_embeddings", raw.get("tie_word_embeddings", False))
     cfg = cls(vocab_size=get("vocab_size"), hidden=hidden, layers=get("num_hidden_layers"),
               heads=heads, kv_heads=get("num_key_value_heads", default=heads),
               head_dim=get("head_dim", default=hidden // heads),
@@ -265,10 +266,11 @@ def load_weights(directory: str, cfg: Qwen3Config, dtype=np.float32) -> dict:
 # ------------------------------------------------------------------------------ the decoder
 
 def rms_norm(x, weight, eps):
-  """Qwen3's RMSNorm: in float32, scaled, cast back."""
+  """Qwen3's RMSNorm: normalised in float32, cast back, then scaled in the input's dtype (the
+  reference's order: the same rounding in bfloat16)."""
   x32 = x.astype(jnp.float32)
   y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + eps)
-  return (weight.astype(jnp.float32) * y).astype(x.dtype)
+  return weight.astype(x.dtype) * y.astype(x.dtype)
 
 
 def rotary(x, positions, theta: float):
@@ -345,23 +347,32 @@ class Qwen3(nn.Module):
   """The decoder's weights and forward pass.
 
   frozen: every weight behind stop_gradient (the engine's text path; an agent trained with
-  LoRA). The weights are zero placeholders until a checkpoint's are put in their place
-  (`load_weights`); a parent module that freezes them names this module by a key in
+  LoRA), stored in `dtype`. Trainable weights (full fine-tuning) are stored in float32 and
+  cast to `dtype` for the computation: master weights, as mixed-precision training keeps them
+  (a bfloat16 weight would not move under a 5e-7 learning rate). The weights are zero
+  placeholders until a checkpoint's are put in their place (`load_weights`, in
+  `storage_dtype`); a parent module that freezes them names this module by a key in
   towers.FROZEN_KEYS, so that no optimizer moves them either.
   """
   cfg: Qwen3Config
   frozen: bool = True
   dtype: str = "float32"
 
+  @property
+  def storage_dtype(self):
+    return dtype_of(self.dtype) if self.frozen else jnp.float32
+
   def setup(self):
-    dt = dtype_of(self.dtype)
-    self.weights = {name: self.param(name, nn.initializers.zeros, shape, dt)
+    self.weights = {name: self.param(name, nn.initializers.zeros, shape, self.storage_dtype)
                     for name, shape in self.cfg.shapes().items()}
 
   def _w(self) -> dict:
     # jnp.asarray: parameters may arrive as host (numpy) arrays, e.g. a closed-over reference
     # policy, which a traced index cannot read.
-    return jax.tree.map(jax.lax.stop_gradient if self.frozen else jnp.asarray, self.weights)
+    dt = dtype_of(self.dtype)
+    if self.frozen:
+      return jax.tree.map(lambda w: jax.lax.stop_gradient(jnp.asarray(w, dt)), self.weights)
+    return jax.tree.map(lambda w: jnp.asarray(w).astype(dt), self.weights)
 
   def embed(self, ids: jax.Array) -> jax.Array:
     return self._w()["embed"][ids]
