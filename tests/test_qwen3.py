@@ -171,15 +171,20 @@ def test_bfloat16_load_and_forward():
   assert _cosine(np.asarray(hidden, np.float32), ref["hidden"]).min() > 0.99
 
 
-def test_kv_cache_equals_full_pass():
-  """Decoding the last positions against a cache of the first equals one full pass."""
-  directory, cfg, weights, ref = _load("qwen3")
+def _inputs(name="qwen3"):
+  """(cfg, model, variables, input embeddings x [B, T, H], positions [B, T]) of a fixture."""
+  _, cfg, weights, ref = _load(name)
   ids = jnp.asarray(ref["ids"])
   B, T = ids.shape
-  model = qwen3.Qwen3(cfg)
-  p = {"params": weights}
+  model, p = qwen3.Qwen3(cfg), {"params": weights}
   x = model.apply(p, ids, method=qwen3.Qwen3.embed)
-  pos = jnp.broadcast_to(jnp.arange(T), (B, T))
+  return cfg, model, p, x, jnp.broadcast_to(jnp.arange(T), (B, T))
+
+
+def test_kv_cache_equals_full_pass():
+  """Decoding the last positions against a cache of the first equals one full pass."""
+  _, model, p, x, pos = _inputs()
+  B, T = pos.shape
   full, _ = model.apply(p, x, pos, qwen3.causal_mask(B, T))
   h1, cache = model.apply(p, x[:, :8], pos[:, :8], qwen3.causal_mask(B, 8))
   mask = jnp.broadcast_to(jnp.arange(T)[None, :] <= jnp.arange(8, T)[:, None], (B, T - 8, T))
@@ -188,15 +193,10 @@ def test_kv_cache_equals_full_pass():
 
 
 def test_lora_starts_as_the_loaded_model():
-  directory, cfg, weights, ref = _load("qwen3")
+  cfg, model, p, x, pos = _inputs()
+  B, T = pos.shape
   lora = qwen3.Lora(cfg, rank=4)
   adapters, scale = lora.apply(lora.init(jax.random.key(0)))
-  ids = jnp.asarray(ref["ids"])
-  B, T = ids.shape
-  model = qwen3.Qwen3(cfg)
-  p = {"params": weights}
-  x = model.apply(p, ids, method=qwen3.Qwen3.embed)
-  pos = jnp.broadcast_to(jnp.arange(T), (B, T))
   plain, _ = model.apply(p, x, pos, qwen3.causal_mask(B, T))
   adapted, _ = model.apply(p, x, pos, qwen3.causal_mask(B, T), lora=adapters, lora_scale=scale)
   np.testing.assert_allclose(adapted, plain, atol=1e-6)

@@ -29,18 +29,12 @@ def model_dir(tmp_path_factory):
   return tiny_qwen3.make(str(tmp_path_factory.mktemp("tiny") / "qwen3"))
 
 
-def qwen3_config(directory, **fields):
-  c = defaults.base_config()
-  c.engine.text.kind, c.engine.text.width = "qwen3", 64
-  c.engine.text.pretrained_dir = directory
-  c.engine.text.num_slots, c.data.max_query_len, c.agent.num_latents = 4, 12, 2
-  c.data.feature_dim, c.data.max_frames, c.engine.embed_dim = 8, 16, 32
-  for key, value in fields.items():
-    section, leaf = key.rsplit(".", 1)
-    node = c
-    for part in section.split("."):
-      node = node[part]
-    node[leaf] = value
+def qwen3_config(directory):
+  c = config_lib.set_values(defaults.base_config(), {
+      "engine.text.kind": "qwen3", "engine.text.width": 64,
+      "engine.text.pretrained_dir": directory, "engine.text.num_slots": 4,
+      "data.max_query_len": 12, "agent.num_latents": 2, "data.feature_dim": 8,
+      "data.max_frames": 16, "engine.embed_dim": 32})
   defaults.validate(c)
   return c
 
@@ -166,7 +160,7 @@ def test_template_needs_one_query_and_a_tail(model_dir):
 def test_no_model_dir():
   c = defaults.base_config()
   c.engine.text.kind = "qwen3"
-  with pytest.raises(config_lib.ConfigError, match="needs engine.text.pretrained_dir"):
+  with pytest.raises(config_lib.ConfigError, match="config.engine.text.pretrained_dir is .*: expected a local directory"):
     qwen3_text.tokenizer_for(c)
 
 

@@ -174,7 +174,7 @@ def test_needs_the_qwen3_engine(model_dir):
 
 def test_needs_a_directory_and_the_same_vocabulary(model_dir):
   config = make_config(model_dir, **{"agent.backbone_dir": ""})
-  with pytest.raises(config_lib.ConfigError, match="needs agent.backbone_dir"):
+  with pytest.raises(config_lib.ConfigError, match="config.agent.backbone_dir is .*: expected a local directory"):
     policy.build_agent(config, 513, "sqr")
   with pytest.raises(config_lib.ConfigError, match="must share a tokenizer"):
     policy.build_agent(make_config(model_dir), 300, "sqr")

@@ -147,11 +147,16 @@ def test_a_missing_folder_is_named(release):
     sources.load_data(config, "/unused", splits=("test",))
 
 
-def docid2row_error(release, value, match):
-  release.write_docid2row(value)
+def refused(release, what, write, value, match):
+  """Writes `value` into the release's file `what`; loading fails naming that file."""
+  write(value)
   with pytest.raises(DatasetError, match=match) as e:
     load(release)
-  assert release.path("docid2row") in str(e.value)
+  assert release.path(what) in str(e.value)
+
+
+def docid2row_error(release, value, match):
+  refused(release, "docid2row", release.write_docid2row, value, match)
 
 
 def test_docid2row_row_out_of_range(release):
@@ -186,10 +191,7 @@ def test_docid2row_other_bad_shapes(release):
 
 
 def meta_error(release, lines, match):
-  release.write_meta(lines)
-  with pytest.raises(DatasetError, match=match) as e:
-    load(release)
-  assert release.path("query_meta") in str(e.value)
+  refused(release, "query_meta", release.write_meta, lines, match)
 
 
 def test_query_meta_lines_must_match_the_matrix_rows(release):

@@ -75,14 +75,8 @@ class Qwen3Trunk(nn.Module):
 
 
 def _directory(config) -> str:
-  path = config.agent.backbone_dir
-  if not path:
-    raise ConfigError("config.agent.backbone='qwen3' needs agent.backbone_dir: a local "
-                      "directory with config.json and the safetensors weights "
-                      "(experiments/tiny_qwen3.py makes a tiny random one)")
-  if not os.path.isdir(path):
-    raise qwen3.Qwen3Error(f"config.agent.backbone_dir={path!r}: no such directory")
-  return path
+  return qwen3.local_dir(config.agent.backbone_dir, "agent.backbone_dir",
+                         "config.json and the safetensors weights (agent.backbone='qwen3')")
 
 
 def _digest(path: str) -> str:

@@ -115,6 +115,20 @@ def parse_row(row, where: str, counts: collections.Counter) -> Moment:
   return Moment(desc_id, video, start, end, duration, query.strip(), coarse.strip())
 
 
+def jsonl_rows(path: str, error, hint: str = ""):
+  """(line number, 'path:line', parsed row) for each non-blank line of a JSONL file; a line that
+  is not JSON raises `error` naming the file, line and column (`hint` appended)."""
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"{path}:{lineno}"
+      try:
+        yield lineno, where, json.loads(line)
+      except json.JSONDecodeError as e:
+        raise error(f"{where}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
+
+
 def read_moments(path: str, parse, error=None) -> tuple[list[Moment], collections.Counter]:
   """Reads an annotation JSONL file row by row with parse(row, where, counts) -> Moment.
 
@@ -126,30 +140,20 @@ def read_moments(path: str, parse, error=None) -> tuple[list[Moment], collection
   error = error or AnnotationError
   counts = Corrections()
   moments, seen = [], {}
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise error(
-            f"{where}: not valid JSON ({e.msg} at column {e.colno}); is the line truncated?"
-        ) from None
-      try:
-        moment = parse(row, where, counts)
-      except Dropped as d:
-        counts[f"moments_dropped_{d.reason}"] += 1
-        counts.dropped.append(f"{d.desc_id} {d.video} {d.reason}")
-        logging.warning("%s: desc_id %d (video %s): %s: dropped", where, d.desc_id, d.video,
-                        d.detail)
-        continue
-      if moment.desc_id in seen:
-        raise error(
-            f"{where}: desc_id {moment.desc_id} already used on line {seen[moment.desc_id]}")
-      seen[moment.desc_id] = lineno
-      moments.append(moment)
+  for lineno, where, row in jsonl_rows(path, error, "; is the line truncated?"):
+    try:
+      moment = parse(row, where, counts)
+    except Dropped as d:
+      counts[f"moments_dropped_{d.reason}"] += 1
+      counts.dropped.append(f"{d.desc_id} {d.video} {d.reason}")
+      logging.warning("%s: desc_id %d (video %s): %s: dropped", where, d.desc_id, d.video,
+                      d.detail)
+      continue
+    if moment.desc_id in seen:
+      raise error(
+          f"{where}: desc_id {moment.desc_id} already used on line {seen[moment.desc_id]}")
+    seen[moment.desc_id] = lineno
+    moments.append(moment)
   if not moments:
     dropped = f" ({len(counts.dropped)} dropped: {', '.join(counts.dropped[:5])})" * bool(
         counts.dropped)

@@ -186,31 +186,23 @@ def _query_id(row: dict, where: str) -> int:
 def read_query_meta(path: str, num_rows: int, matrix_path: str) -> list[QueryLine]:
   """query_meta.<split>.jsonl checked line by line and against its matrix' row count."""
   lines, seen = [], {}
-  with open(path, encoding="utf-8") as f:
-    for lineno, text in enumerate(f, 1):
-      if not text.strip():
-        continue
-      where = f"{path}:{lineno}"
-      try:
-        row = json.loads(text)
-      except json.JSONDecodeError as e:
-        raise DatasetError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(row, dict):
-        raise DatasetError(f"{where}: a JSON {type(row).__name__}, expected an object")
-      desc_id = _query_id(row, where)
-      if desc_id in seen:
-        raise DatasetError(f"{where}: query id {desc_id} already on line {seen[desc_id]}")
-      seen[desc_id] = lineno
-      key = _first_key(row, VIDEO_KEYS)
-      video = row.get(key)
-      if not isinstance(video, str) or not video:
-        raise DatasetError(f"{where}: no video (expected a non-empty string field "
-                           f"{' or '.join(VIDEO_KEYS)}; the line has {sorted(row)})")
-      key = _first_key(row, TEXT_KEYS)
-      query = row.get(key)
-      if key is not None and not isinstance(query, str):
-        raise DatasetError(f"{where}: field {key!r} is {query!r}, expected a string")
-      lines.append(QueryLine(desc_id, video, query, where))
+  for lineno, where, row in annotations_lib.jsonl_rows(path, DatasetError):
+    if not isinstance(row, dict):
+      raise DatasetError(f"{where}: a JSON {type(row).__name__}, expected an object")
+    desc_id = _query_id(row, where)
+    if desc_id in seen:
+      raise DatasetError(f"{where}: query id {desc_id} already on line {seen[desc_id]}")
+    seen[desc_id] = lineno
+    key = _first_key(row, VIDEO_KEYS)
+    video = row.get(key)
+    if not isinstance(video, str) or not video:
+      raise DatasetError(f"{where}: no video (expected a non-empty string field "
+                         f"{' or '.join(VIDEO_KEYS)}; the line has {sorted(row)})")
+    key = _first_key(row, TEXT_KEYS)
+    query = row.get(key)
+    if key is not None and not isinstance(query, str):
+      raise DatasetError(f"{where}: field {key!r} is {query!r}, expected a string")
+    lines.append(QueryLine(desc_id, video, query, where))
   if len(lines) != num_rows:
     raise DatasetError(f"{path}: {len(lines)} query lines, but {matrix_path} has {num_rows} rows "
                        "(expected line i to describe row i)")

@@ -171,14 +171,9 @@ class Qwen3TextTower(nn.Module):
 
 
 def model_dir(config) -> str:
-  path = config.engine.text.pretrained_dir
-  if not path:
-    raise ConfigError("config.engine.text.kind='qwen3' needs engine.text.pretrained_dir: a "
-                      "local directory with config.json, the safetensors weights and "
-                      "tokenizer.json (experiments/tiny_qwen3.py makes a tiny random one)")
-  if not os.path.isdir(path):
-    raise qwen3.Qwen3Error(f"config.engine.text.pretrained_dir={path!r}: no such directory")
-  return path
+  return qwen3.local_dir(config.engine.text.pretrained_dir, "engine.text.pretrained_dir",
+                         "config.json, the safetensors weights and tokenizer.json "
+                         "(engine.text.kind='qwen3')")
 
 
 def tokenizer_for(config) -> Qwen3Tokenizer:

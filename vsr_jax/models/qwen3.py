@@ -157,6 +157,16 @@ class Qwen3Config:
     return n + (self.vocab_size * self.hidden if with_lm_head and not self.tie_embeddings else 0)
 
 
+def local_dir(path: str, field: str, what: str) -> str:
+  """config.<field>: an existing local model directory (`what` the files it should hold)."""
+  if not path:
+    raise config_lib.ConfigError(f"config.{field} is '': expected a local directory with "
+                                 f"{what} (experiments/tiny_qwen3.py makes a tiny random one)")
+  if not os.path.isdir(path):
+    raise Qwen3Error(f"config.{field}={path!r}: no such directory")
+  return path
+
+
 def dtype_of(name: str):
   if name not in DTYPES:
     raise config_lib.ConfigError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}")
