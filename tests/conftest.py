@@ -48,7 +48,8 @@ def pytest_unconfigure(config):
 # Modules whose tests (or module fixtures) train whole smoke runs: started first, so that two
 # xdist workers do not end on one long module while the other idles.
 SLOW_FIRST = ("test_train.py", "test_sharding.py", "test_sweep.py", "test_api.py",
-              "test_hosts.py", "test_grpo.py")
+              "test_hosts.py", "test_grpo.py", "test_experiments_real_language_standin.py",
+              "test_qwen3_smoke.py", "test_qwen3_trunk.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,6 @@
-"""configs/qwen3.py:smoke end to end: every stage (engine, sft, sft_hqr, grpo) and every default
-method row with the Qwen3 engine text path and the Qwen3 agent trunk (LoRA), on a tiny random
-Qwen3 made by experiments/tiny_qwen3.py (no download)."""
+"""configs/qwen3.py:smoke end to end: every stage (engine, sft, sft_hqr, grpo), evaluated by rows
+that read each of them, with the Qwen3 engine text path and the Qwen3 agent trunk (LoRA), on a
+tiny random Qwen3 made by experiments/tiny_qwen3.py (no download)."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from vsr_jax import config_lib, train
+from vsr_jax import config_lib, defaults, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "experiments"))
@@ -19,8 +19,13 @@ CONFIG = os.path.join(REPO, "configs", "qwen3.py") + ":smoke"
 
 def test_every_stage_with_the_qwen3_engine_and_agent(tmp_path):
   model = tiny_qwen3.make(str(tmp_path / "tiny"))
+  # Every stage; the rows that read each stage's parameters (agent_no_refine and
+  # agent_sqr_stage1 run the same programs as the rows kept), fewer steps than :smoke.
+  rows = defaults.default_rows("engine_single_shot", "agent_hqr", "agent_sqr_stage2")
   config = config_lib.load(CONFIG, {"engine.text.pretrained_dir": model,
-                                    "agent.backbone_dir": model})
+                                    "agent.backbone_dir": model, "eval.rows": str(rows),
+                                    "engine.train.steps": "12", "sft.steps": "8",
+                                    "grpo.steps": "2", "checkpoint.every_steps": "6"})
   workdir = str(tmp_path / "run")
   metrics = train.train_and_evaluate(config, workdir)
   assert set(metrics) == set(config.eval.rows)
