@@ -134,7 +134,6 @@ class Qwen3TextTower(nn.Module):
     pos = jnp.broadcast_to(jnp.arange(T), (B, T))
     in_query = (pos >= H) & (pos < H + n)
     in_soft = (pos >= H + n) & (pos < H + n + N)
-    in_tail = (pos >= H + n + N) & (pos < H + n + N + K)
     query = jnp.take_along_axis(tokens, jnp.clip(pos - H, 0, L - 1), 1) - 1
     ids = jnp.where(pos < H, jnp.asarray(head)[jnp.clip(pos, 0, H - 1)] if H else 0,
                     jnp.where(in_query, query, jnp.asarray(tail)[jnp.clip(pos - H - n - N, 0,
@@ -146,7 +145,6 @@ class Qwen3TextTower(nn.Module):
     # Causal attention: the padding after the last token is never read by a real token.
     hidden, _ = self.pretrained(x, pos, qwen3.causal_mask(B, T))
     last = (H + n + N + K - 1)[:, 0]
-    del in_tail
     return hidden[jnp.arange(B), last].astype(jnp.float32)
 
   def pooled(self, tokens: jax.Array) -> jax.Array:
