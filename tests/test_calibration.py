@@ -2,6 +2,7 @@
 and the calibration splits it refuses."""
 import math
 
+import numpy as np
 import pytest
 
 from vsr_jax import calibration
@@ -11,6 +12,30 @@ def test_margin_is_the_log_odds():
   assert calibration.margin(0.5) == 0.0
   assert math.isclose(1 / (1 + math.exp(-calibration.margin(0.8))), 0.8)
   assert calibration.margin(0.2) == pytest.approx(-calibration.margin(0.8))
+
+
+def test_never_is_no_threshold_at_all():
+  assert calibration.margin(calibration.NEVER) == math.inf
+
+
+def test_final_turns_from_the_never_matching_pass():
+  """An episode ends at its first turn whose margin reaches the threshold's, or where the
+  never-matching pass stopped refining (the last turn, or N = 0)."""
+  margins = np.array([[0.5, -2.0, -1.0, 3.0],     # turn 1
+                      [1.0, -0.5, -3.0, 0.0],     # turn 2
+                      [0.0, 0.1, -4.0, 0.0]], np.float32)
+  refined = np.array([[1, 1, 1, 0],               # query 3: a refiner with N = 0
+                      [1, 1, 1, 0],
+                      [0, 0, 0, 0]], bool)
+  turn, answer = calibration.final_turns(margins, refined, 0.5)        # margin 0
+  np.testing.assert_array_equal(turn, [0, 2, 2, 0])
+  np.testing.assert_array_equal(answer, [True, True, False, True])
+  turn, answer = calibration.final_turns(margins, refined, 0.7)        # margin 0.85
+  np.testing.assert_array_equal(turn, [1, 2, 2, 0])
+  np.testing.assert_array_equal(answer, [True, False, False, True])
+  turn, answer = calibration.final_turns(margins, refined, calibration.NEVER)
+  np.testing.assert_array_equal(turn, [2, 2, 2, 0])
+  assert not answer.any()
 
 
 def test_choose_best_then_nearest_half():

@@ -143,11 +143,15 @@ def test_smoke_run_end_to_end(built, tmp_path):
   MiniLM engine are the same code as on the synthetic world, tested there."""
   out, meta = built
   rows = defaults.default_rows("engine_single_shot", "agent_sqr_stage1")
-  # Fewer steps than :smoke (the suite's time; the steps' code is what is checked here).
+  # Fewer steps and a smaller agent than :smoke (the suite's time; the steps' code is what is
+  # checked here, and the frozen MiniLM tower is as big as ever).
   config = config_lib.load(CONFIG + ":smoke", {
       "data.dir": out, "stages": "('engine', 'sft')", "eval.rows": str(rows),
       "engine.train.steps": "8", "engine.train.warmup_steps": "2",
-      "engine.train.mine_every": "4", "sft.steps": "4", "sft.warmup_steps": "1"})
+      "engine.train.mine_every": "4", "sft.steps": "4", "sft.warmup_steps": "1",
+      "data.max_frames": "32", "agent.width": "32", "agent.depth": "1", "agent.mlp_dim": "64",
+      "agent.num_latents": "2", "agent.refine_hidden": "64", "eval.tvr_top_k": "5",
+      "engine.embed_dim": "64", "engine.video.hidden": "32"})
   metrics = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert list(metrics) == list(rows)
   assert metrics["engine_single_shot"]["num_queries"] == meta["splits"]["test"]["queries"]

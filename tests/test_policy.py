@@ -38,6 +38,7 @@ def setup():
   # A rectangular agent (width 48, soft tokens 32 wide): the identity inits are blocks. The
   # reference's head: latents rolled out one position at a time, projectors as METHOD.md §2.
   config = config_lib.load(SMOKE, {"agent.width": "48", "agent.engine_inputs": "False",
+                                   "agent.span_prior": "0",
                                    "agent.sqr_head": "rollout", "agent.refine_hidden": "0",
                                    "agent.refine_words": "False"})
   sqr = policy.build_agent(config, VOCAB, "sqr")
@@ -158,6 +159,7 @@ def full_forced(m, tokens, frames, num_frames, actions, refine):
 def words_setup():
   """The rollout head with agent.refine_words: (sqr, sqr params, hqr, hqr params)."""
   config = config_lib.load(SMOKE, {"agent.width": "48", "agent.engine_inputs": "False",
+                                   "agent.span_prior": "0",
                                    "agent.sqr_head": "rollout", "agent.refine_words": "True"})
   out = []
   for refine in ("sqr", "hqr"):
@@ -318,6 +320,7 @@ def test_no_latents(setup):
 def parallel_setup():
   """agent.sqr_head=parallel with the query's bag of words read by refine_projector."""
   config = config_lib.load(SMOKE, {"agent.width": "48", "agent.engine_inputs": "False",
+                                   "agent.span_prior": "0",
                                    "agent.sqr_head": "parallel", "agent.refine_words": "True",
                                    "agent.refine_hidden": "40", "agent.num_latents": str(N),
                                    "agent.latent_eps": "1.0"})
@@ -387,3 +390,63 @@ def test_depthwise_frame_conv_is_nn_conv():
   assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), p_conv, p_ours))
   p = jax.tree.map(lambda a: a + 0.1, p_conv)
   np.testing.assert_allclose(ours.apply(p, x), conv.apply(p, x), atol=1e-5)
+
+
+# ------------------------------------------------------------------ span prior
+
+
+@pytest.fixture(scope="module")
+def prior_setup():
+  """The default agent (engine inputs, span_prior) with random parameters."""
+  config = config_lib.load(SMOKE)
+  assert config.agent.span_prior > 0 and config.agent.engine_inputs
+  agent = policy.build_agent(config, VOCAB, "sqr")
+  shapes = jax.eval_shape(lambda r: policy.init_agent(agent, config, r), jax.random.key(0))
+  params = random_params(shapes, 4)
+  fresh = jax.jit(lambda r: policy.init_agent(agent, config, r))(jax.random.key(0))
+  return config, agent, params, fresh
+
+
+def test_span_prior_is_the_engines_window(prior_setup):
+  """With a large prior scale the agent's best span is the engine's own frame_similarity
+  window (encode.best_window on the raw query-frame scores), frame for frame; at scale 0 the
+  span logits are the heads' alone."""
+  from vsr_jax.engine import encode   # pylint: disable=g-import-not-at-top
+  config, agent, params, fresh = prior_setup
+  assert float(fresh["span_prior_scale"]) == config.agent.span_prior
+  E = config.engine.embed_dim
+  rng = np.random.default_rng(5)
+  tokens, frames, _ = make_inputs()
+  frames = jnp.asarray(rng.standard_normal((B, F, config.data.feature_dim)), jnp.float32)
+  nf = jnp.asarray([3, 8, 6], jnp.int32)
+  engine_frames = jnp.asarray(rng.standard_normal((B, F, E)) * rng.uniform(0.5, 2, (B, F, 1)),
+                              jnp.float32)
+  query_vec = jnp.asarray(rng.standard_normal((B, E)), jnp.float32)
+  act = jax.jit(lambda p: agent.apply({"params": p}, tokens, frames, nf, num_latents=0,
+                                      mode="greedy", sigma=1.0, method=Agent.act,
+                                      engine_frames=engine_frames, query_vec=query_vec)["span"])
+  big = act(dict(params, span_prior_scale=jnp.float32(1e4)))
+  flat = np.asarray(big).reshape(B, -1).argmax(-1)
+  start, end = encode.best_window(jnp.einsum("bfe,be->bf", engine_frames, query_vec), nf)
+  np.testing.assert_array_equal(flat // F, start)
+  np.testing.assert_array_equal(flat % F, end)
+  off = np.asarray(act(dict(params, span_prior_scale=jnp.float32(0.0))))
+  one = np.asarray(act(dict(params, span_prior_scale=jnp.float32(1.0))))
+  gain = np.asarray(agent.apply({"params": params}, engine_frames, query_vec, nf,
+                                method=Agent.window_gain))
+  ok = np.isfinite(off)
+  assert np.isfinite(one).sum() == ok.sum()
+  np.testing.assert_allclose(one[ok], off[ok] + gain[ok], rtol=1e-5, atol=1e-5)
+  # The gain reads valid frames only: what lies past a video's end changes nothing.
+  padded = engine_frames.at[0, 3:].set(100.0)
+  gain2 = np.asarray(agent.apply({"params": params}, padded, query_vec, nf,
+                                 method=Agent.window_gain))
+  np.testing.assert_allclose(gain2[0, :3, :3], gain[0, :3, :3], rtol=1e-5, atol=1e-6)
+
+
+def test_span_prior_needs_the_engines_view():
+  from vsr_jax import defaults   # pylint: disable=g-import-not-at-top
+  with pytest.raises(config_lib.InputError, match="agent.span_prior"):
+    defaults.validate(config_lib.load(SMOKE, {"agent.engine_inputs": "False"}))
+  defaults.validate(config_lib.load(SMOKE, {"agent.engine_inputs": "False",
+                                            "agent.span_prior": "0"}))

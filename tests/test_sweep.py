@@ -268,3 +268,23 @@ def test_plot_right_draws_a_second_axis(tmp_path):
   bad = sweep_file(tmp_path, name="bad", points=[{"eval.turns": 1}], plot_right=("a", "b"))
   with pytest.raises(sweep_lib.SweepError, match="'plot_right' must be one metric"):
     sweep_lib.build(bad)
+
+
+@pytest.mark.parametrize("name", sorted(
+    f[:-3] for f in os.listdir(os.path.join(REPO, "configs", "sweeps")) if f.endswith(".py")))
+def test_every_shipped_sweep_builds_at_every_preset(name):
+  """Each configs/sweeps/ file resolves at each of its presets: every run's config validates
+  and every point is a distinct run (nothing is trained or written)."""
+  from vsr_jax import config_lib   # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO, "configs", "sweeps", name + ".py")
+  with pytest.raises(config_lib.InputError, match="preset"):
+    sweep_lib.build(path + ":no_such_preset")
+  for preset in ("default", "reduced", "smoke"):
+    try:
+      built = sweep_lib.build(f"{path}:{preset}")
+    except config_lib.InputError as e:
+      if "preset" in str(e) and "no_such" not in str(e):
+        continue    # a sweep without this preset
+      raise
+    names = [r.name for r in built.runs]
+    assert names and len(set(names)) == len(names), (name, preset)

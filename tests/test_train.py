@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from vsr_jax import calibration, checkpoints, config_lib, defaults, stages, train
+from vsr_jax import calibration, checkpoints, config_lib, defaults, evaluate, stages, train
 from vsr_jax import metrics as metrics_lib
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.data import batching, sources, store
@@ -347,6 +347,25 @@ def test_eval_with_a_calibrated_matched_threshold(run):
       assert m["verify_threshold"] in calibration.GRID, name
     else:
       assert "verify_threshold" not in m, name
+  # The one never-matching pass calibration runs gives each threshold's episodes exactly: its
+  # score equals a greedy pass at that threshold (run here for a few).
+  config = smoke()
+  ctx = stages.Context.open(config, workdir)
+  row = config.eval.rows["agent_sqr_stage2"]
+  agent, spec = evaluate.agent_episode(ctx, "agent_sqr_stage2", row)
+  split = ctx.splits[config.data.eval_split]
+  corpus = evaluate.corpus_of(ctx, split, directory=None)
+  params = ctx.stage_params(row.stage)
+  run_at = lambda t: evaluate.greedy_turns(config, "t", agent, params, ctx.engine,
+                                           ctx.engine_params, split, corpus, spec,
+                                           threshold=t)[0]
+  never = run_at(calibration.NEVER)
+  for t in (0.3, 0.7):
+    direct = run_at(t)
+    want = metrics_lib.fig_metrics(final_rank=direct[-1].rank, orig_rank=direct[0].rank,
+                                   answer=direct[-1].answer, pred_time=direct[-1].pred_time,
+                                   gt_time=split.times)[calibration.METRIC]
+    assert evaluate.calibration_score(never, split, t) == want, t
   with pytest.raises(store.DatasetError, match=r"split 'val': missing annotation file"):
     train.evaluate_workdir(smoke(**{"eval.calibrate": "val"}), workdir, eval_name="nocal")
   assert not os.path.exists(os.path.join(workdir, "evals", "nocal", "metrics.json"))

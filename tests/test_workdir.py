@@ -262,6 +262,14 @@ def test_read_config_fills_fields_added_since_the_run(tmp_path):
   config = workdir.read_config(str(tmp_path / "run"))
   assert config.agent.width == 64                      # the run's value
   assert config.agent.sqr_head == defaults.base_config().agent.sqr_head
+  # A field whose default changes what the run's checkpoints mean: the value runs had before.
+  del saved["agent"]["span_prior"]
+  workdir.write_json(str(tmp_path / "run" / "config.json"), saved)
+  assert defaults.base_config().agent.span_prior > 0
+  assert workdir.read_config(str(tmp_path / "run")).agent.span_prior == 0.0
+  saved["agent"]["span_prior"] = 2.0                    # a run that had it keeps its value
+  workdir.write_json(str(tmp_path / "run" / "config.json"), saved)
+  assert workdir.read_config(str(tmp_path / "run")).agent.span_prior == 2.0
   assert isinstance(config.stages, tuple)
   with pytest.raises(AttributeError):
     config.new_field = 1                             # locked

@@ -5,13 +5,19 @@ right videos too often (issue: agent rows lose VCMR to the engine's single shot,
 every top-1) can be given another threshold: evaluation runs the agent's greedy episodes on the
 calibration split (e.g. 'val', never the eval split) at every threshold of GRID and keeps the one
 with the highest VCMR 0.5/R@1 there (ties: the one nearest 0.5), then evaluates the row with it.
-A threshold is a margin on the verify logits (rollout.episode's matched_margin), so one compiled
-episode serves every threshold. Pure selection logic here; evaluate.py runs the episodes.
+A threshold is a margin on the verify logits (rollout.episode's matched_margin). One greedy
+pass that never matches (threshold 1) gives every threshold's episodes: an episode stops at its
+first `matched`, and until then it is the never-matching one turn for turn (the same searches,
+refinements and rejected videos), so at threshold t it ends at the first turn whose margin
+reaches t's, or where the never-matching episode stopped refining (`final_turns`). Pure
+selection logic here; evaluate.py runs the episode.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from vsr_jax import config_lib
 
@@ -23,9 +29,26 @@ class CalibrationError(config_lib.InputError):
   """A calibration split that cannot calibrate anything; the message names it."""
 
 
+NEVER = 1.0   # the threshold no verdict reaches: the episode that refines while it can
+
+
 def margin(threshold: float) -> float:
-  """The logit margin of p(matched) >= threshold (log-odds)."""
+  """The logit margin of p(matched) >= threshold (log-odds; +inf for NEVER)."""
+  if threshold >= NEVER:
+    return math.inf
   return math.log(threshold / (1.0 - threshold))
+
+
+def final_turns(margins: np.ndarray, refined: np.ndarray, threshold: float):
+  """Where each episode ends at `threshold`, from the never-matching pass: margins [T, Q] (the
+  verify logits' matched - not_matched at each turn) and refined [T, Q] (that pass refined its
+  query after the turn). Returns (final turn [Q], its verdict `matched` [Q])."""
+  # The comparison the compiled episode makes: float32 margin >= float32 threshold margin.
+  matched = np.asarray(margins, np.float32) >= np.float32(margin(threshold))
+  stops = matched | ~np.asarray(refined, bool)
+  stops[-1] = True      # the last turn ends every episode
+  turn = np.argmax(stops, 0)
+  return turn, matched[turn, np.arange(matched.shape[1])]
 
 
 def check_split(name: str, loaded_as: str) -> None:

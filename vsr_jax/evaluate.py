@@ -46,6 +46,7 @@ class Turn:
   engine_rank: np.ndarray | None = None
   active: np.ndarray | None = None    # [Q] bool: the episode took this turn (None: all did)
   refined: np.ndarray | None = None   # [Q] bool: it refined its query at this turn
+  margin: np.ndarray | None = None    # [Q] p(matched)'s log-odds at this turn (calibration)
 
 
 @dataclasses.dataclass
@@ -344,7 +345,7 @@ def greedy_turns(config, name, agent, params, engine, engine_params, split, corp
   rng = jax.random.PRNGKey(0)
   Q, T = split.num_queries, spec.turns
   keep = ("retrieved", "rank", "engine_rank", "policy_rank", "verdict", "pred_time", "active",
-          "refines")
+          "refines", "verify_margin")
   per_turn = {k: [] for k in keep}
   finals = []
   progress = Progress(f"evaluate {name}", Q, "queries", config.log.progress_seconds)
@@ -362,7 +363,8 @@ def greedy_turns(config, name, agent, params, engine, engine_params, split, corp
                 policy_rank=per_turn["policy_rank"][t],
                 retrieved=per_turn["retrieved"][t],
                 answer=per_turn["verdict"][t] == policy.MATCHED,
-                pred_time=per_turn["pred_time"][t]) for t in range(T)]
+                pred_time=per_turn["pred_time"][t],
+                margin=per_turn["verify_margin"][t]) for t in range(T)]
   return turns, np.concatenate(finals)
 
 
@@ -460,6 +462,16 @@ def agent_episode(ctx, name, row):
   return agent, spec
 
 
+def calibration_score(turns: list, split, threshold: float) -> float:
+  """VCMR 0.5/R@1 at `threshold` of the episodes whose never-matching pass is `turns`."""
+  stack = lambda field: np.stack([getattr(t, field) for t in turns])
+  last, answer = calibration.final_turns(stack("margin"), stack("refined"), threshold)
+  q = np.arange(len(last))
+  return metrics_lib.fig_metrics(
+      final_rank=stack("rank")[last, q], orig_rank=turns[0].rank, answer=answer,
+      pred_time=stack("pred_time")[last, q], gt_time=split.times)[calibration.METRIC]
+
+
 def calibrated_threshold(ctx, name, row, agent, spec) -> float:
   """The matched threshold of agent row `name` chosen on config.eval.calibrate's split (once
   per stage and episode; vsr_jax/calibration.py)."""
@@ -474,14 +486,10 @@ def calibrated_threshold(ctx, name, row, agent, spec) -> float:
     ctx.cache["calibration_corpus", split_name] = (cal, corpus_of(ctx, cal, directory=None))
   cal, corpus = ctx.cache["calibration_corpus", split_name]
   params = ctx.stage_params(row.stage)
-  scores, hits = {}, None
-  for t in calibration.GRID:
-    turns, _ = greedy_turns(config, f"calibrate {name} at p(matched) >= {t}", agent, params,
-                            ctx.engine, ctx.engine_params, cal, corpus, spec, ctx.mesh, t)
-    final = turns[-1]
-    scores[t] = metrics_lib.fig_metrics(
-        final_rank=final.rank, orig_rank=turns[0].rank, answer=final.answer,
-        pred_time=final.pred_time, gt_time=cal.times)[calibration.METRIC]
+  # One pass that never matches serves every threshold (calibration.final_turns).
+  turns, _ = greedy_turns(config, f"calibrate {name}", agent, params, ctx.engine,
+                          ctx.engine_params, cal, corpus, spec, ctx.mesh, calibration.NEVER)
+  scores = {t: calibration_score(turns, cal, t) for t in calibration.GRID}
   hits = int(np.sum(turns[0].rank == 1))     # the first search is the same at every threshold
   threshold = calibration.choose(scores, split=split_name, row=name, first_turn_hits=hits)
   logging.info("%s: matched threshold %.1f (VCMR 0.5/R@1 on %s: %s)", name, threshold,

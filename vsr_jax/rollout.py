@@ -268,6 +268,8 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
     step = dict(record)
     step.update(
         active=active, refines=refines, grounds=active & matched,
+        # p(matched)'s log-odds: the verdict at any threshold (calibration reads it).
+        verify_margin=out["verify"][:, MATCHED] - out["verify"][:, NOT_MATCHED],
         verdict_logp=jnp.take_along_axis(verify_lp, verdict[:, None], -1)[:, 0],
         span_logp=jnp.take_along_axis(span_lp, span_flat[:, None], -1)[:, 0],
         refine_logp=refine_lp, refine_action=refine_action, next_query=q_next)

@@ -40,6 +40,9 @@ EVAL_FIELDS = ("eval", "index", "log", "mesh", "checkpoint", "data.eval_split", 
                "rollout", *MUTABLE_FIELDS)
 # Fields renamed since a run was written: old path -> new path (read_config moves them).
 RENAMED = {"agent.turns": "eval.turns"}
+# Fields added since, whose default changes what a run's checkpoints mean: a saved config
+# without the field was trained with this value (not today's default).
+ADDED = {"agent.span_prior": 0.0}
 # Sections keyed by the run's own names: taken whole from a saved config.
 NAMED_SECTIONS = ("eval.rows", "grpo.rewards")
 
@@ -70,8 +73,8 @@ def is_eval_field(path: str) -> bool:
 
 def overlay(saved: dict):
   """Today's base_config with a run's saved values on top: fields added since keep their
-  defaults (a checkpoint they change the meaning of is refused by its description, naming the
-  field); renamed fields move; fields the code no longer has are dropped, with a warning."""
+  defaults, or the value runs had before them (ADDED), and a checkpoint they change the meaning
+  of is refused by its description, naming the field; renamed fields move; fields the code no longer has are dropped, with a warning."""
   from vsr_jax import defaults   # pylint: disable=g-import-not-at-top (defaults imports data)
   config = defaults.base_config()
   flat = {}
@@ -85,6 +88,8 @@ def overlay(saved: dict):
         flat[RENAMED.get(path, path)] = value
 
   walk("", saved)
+  for path, value in ADDED.items():
+    flat.setdefault(path, value)
   dropped = []
   for path, value in flat.items():
     parent, _, leaf = path.rpartition(".")

@@ -133,6 +133,10 @@ class Agent(nn.Module):
   refine_hidden: int = 0    # hidden width of refine_projector (0 -> latent_dim)
   # refine_projector also reads the query's mean word embedding beside the hidden state.
   refine_words: bool = False
+  # > 0: the span logits add, times a learned scale starting here, the engine's window gain
+  # (the frames' standardised query similarity summed over the span: its argmax is the
+  # engine's own frame_similarity window); needs engine_dim. 0: the heads alone.
+  span_prior: float = 0.0
   trunk: nn.Module | None = None   # a registered backbone's trunk; None: own blocks
 
   @property
@@ -165,6 +169,9 @@ class Agent(nn.Module):
       self.sim_proj = nn.Dense(self.width)
       self.query_proj = nn.Dense(self.width)
     self.verify_head = nn.Dense(2)
+    if self.span_prior:
+      self.span_prior_scale = self.param(
+          "span_prior_scale", nn.initializers.constant(self.span_prior), ())
     self.start_head = nn.Dense(1)
     self.end_head = nn.Dense(1)
     # SQR projectors (METHOD.md §2).
@@ -243,8 +250,22 @@ class Agent(nn.Module):
     hidden, cache = self._run(x, mask, positions, None)
     return hidden, cache, valid
 
-  def heads_out(self, hidden, num_frames, L: int):
-    """Verify logits [B, 2] and span logits [B, F, F] (-inf outside s <= e < num_frames)."""
+  def window_gain(self, engine_frames, query_vec, num_frames):
+    """[B, F, F]: the engine's query-frame scores (its raw dot products, as its own grounding
+    scores them), standardised over the video's frames and summed over frames s..e."""
+    F = engine_frames.shape[1]
+    scores = jnp.einsum("bfe,be->bf", engine_frames, query_vec)
+    valid = jnp.arange(F)[None] < num_frames[:, None]
+    n = jnp.maximum(num_frames, 1)[:, None].astype(scores.dtype)
+    mean = jnp.sum(jnp.where(valid, scores, 0.0), -1, keepdims=True) / n
+    centred = jnp.where(valid, scores - mean, 0.0)
+    z = centred * jax.lax.rsqrt(jnp.sum(jnp.square(centred), -1, keepdims=True) / n + 1e-12)
+    prefix = jnp.concatenate([jnp.zeros_like(z[:, :1]), jnp.cumsum(z, -1)], -1)
+    return jax.lax.stop_gradient(prefix[:, None, 1:] - prefix[:, :-1, None])
+
+  def heads_out(self, hidden, num_frames, L: int, gain=None):
+    """Verify logits [B, 2] and span logits [B, F, F] (-inf outside s <= e < num_frames).
+    gain [B, F, F]: the engine's window gain (span_prior)."""
     F = hidden.shape[1] - L - 3
     # Under causal attention [VERIFY] (position 0) sees nothing: the verdict comes from the
     # last position, which has read the query and every frame.
@@ -254,7 +275,10 @@ class Agent(nn.Module):
     end = self.end_head(h_frames)[..., 0]
     idx = jnp.arange(F)
     ok = (idx[:, None] <= idx[None, :])[None] & (idx[None, None, :] < num_frames[:, None, None])
-    span = jnp.where(ok, start[:, :, None] + end[:, None, :], -jnp.inf)
+    span = start[:, :, None] + end[:, None, :]
+    if gain is not None:
+      span = span + self.span_prior_scale * gain
+    span = jnp.where(ok, span, -jnp.inf)
     return verify, span
 
   # ------------------------------------------------------------------ latents
@@ -320,7 +344,9 @@ class Agent(nn.Module):
     SQR: mean [B, N, Dl] and action [B, N, Dl]; HQR: logits [B, N, V] and words [B, N].
     """
     hidden, cache, valid = self.prefix(tokens, frames, num_frames, engine_frames, query_vec)
-    verify, span = self.heads_out(hidden, num_frames, tokens.shape[1])
+    gain = (self.window_gain(engine_frames, query_vec, num_frames) if self.span_prior
+            else None)
+    verify, span = self.heads_out(hidden, num_frames, tokens.shape[1], gain)
     out = {"verify": verify, "span": span}
     h = hidden[:, -1]
     means, actions, logits, words = [], [], [], []
@@ -376,7 +402,9 @@ class Agent(nn.Module):
       engine_frames = jnp.ones((B, F, self.engine_dim), frames.dtype)
       query_vec = jnp.ones((B, self.engine_dim), frames.dtype)
     hidden, cache, valid = self.prefix(tokens, frames, num_frames, engine_frames, query_vec)
-    verify, span = self.heads_out(hidden, num_frames, tokens.shape[1])
+    gain = (self.window_gain(engine_frames, query_vec, num_frames) if self.span_prior
+            else None)
+    verify, span = self.heads_out(hidden, num_frames, tokens.shape[1], gain)
     z = self.to_latent(self.refine_state(hidden[:, -1], tokens))
     z = z[:, 0] if self.parallel_latents else z
     h, _ = self.latent_step(self.latent_input(z), cache, valid, 0)
@@ -398,7 +426,8 @@ def build_agent(config, vocab_size: int, refine: str) -> Agent:
                 # HQR always rolls its words out: no N-wide refine_projector for it.
                 parallel_latents=(a.num_latents if a.sqr_head == "parallel" and
                                   refine == "sqr" else 0),
-                refine_hidden=a.refine_hidden, refine_words=a.refine_words)
+                refine_hidden=a.refine_hidden, refine_words=a.refine_words,
+                span_prior=a.span_prior)
   return Agent(**dict(fields, **_backbone_fields(config, vocab_size)))
 
 

@@ -25,7 +25,7 @@ from vsr_jax.stages.engine import search
 
 # What an agent's stored parameters mean beyond their shapes (shared by the agent stages).
 AGENT_MEANING = ("agent.refine", "agent.standardize_latents", "agent.latent_eps",
-                 "agent.sqr_head", "agent.refine_words", "agent.engine_inputs",
+                 "agent.sqr_head", "agent.refine_words", "agent.engine_inputs", "agent.span_prior",
                  "engine.text.kind", "data.source", "data.synthetic.seed")
 
 
