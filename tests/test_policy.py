@@ -444,9 +444,35 @@ def test_span_prior_is_the_engines_window(prior_setup):
   np.testing.assert_allclose(gain2[0, :3, :3], gain[0, :3, :3], rtol=1e-5, atol=1e-6)
 
 
+def test_window_gain_of_a_flat_video_is_flat(prior_setup):
+  """Frames that all score alike (still or repeated frames) give no window a gain: the
+  rounding noise of their mean is not standardised up to unit scale."""
+  _, agent, params, _ = prior_setup
+  E = 16
+  query_vec = jnp.ones((B, E), jnp.float32)
+  for level in (0.3, 0.77, 3.3, 17.1):
+    engine_frames = jnp.full((B, F, E), level / E, jnp.float32)
+    gain = np.asarray(agent.apply({"params": params}, engine_frames, query_vec,
+                                  jnp.asarray([F, 7, 1], jnp.int32), method=Agent.window_gain))
+    assert np.abs(gain).max() < 1e-2, level
+
+
+def dataclasses_replace_engine_dim(agent):
+  """The agent without the engine's view (a module built directly, not from a config)."""
+  return agent.clone(engine_dim=0)
+
+
 def test_span_prior_needs_the_engines_view():
   from vsr_jax import defaults   # pylint: disable=g-import-not-at-top
   with pytest.raises(config_lib.InputError, match="agent.span_prior"):
     defaults.validate(config_lib.load(SMOKE, {"agent.engine_inputs": "False"}))
+  config = config_lib.load(SMOKE)
+  config.agent.span_prior = float("inf")      # as a config file could set it
+  with pytest.raises(config_lib.InputError, match="agent.span_prior=inf: expected a finite"):
+    defaults.validate(config)
+  agent = dataclasses_replace_engine_dim(policy.build_agent(config_lib.load(SMOKE), VOCAB, "sqr"))
+  with pytest.raises(ValueError, match="span_prior > 0 reads the engine's view"):
+    jax.eval_shape(lambda r: policy.init_agent(agent, config_lib.load(SMOKE), r),
+                   jax.random.key(0))
   defaults.validate(config_lib.load(SMOKE, {"agent.engine_inputs": "False",
                                             "agent.span_prior": "0"}))

@@ -360,8 +360,18 @@ def test_eval_with_a_calibrated_matched_threshold(run):
                                            ctx.engine_params, split, corpus, spec,
                                            threshold=t)[0]
   never = run_at(calibration.NEVER)
+  stack = lambda turns, field: np.stack([getattr(t, field) for t in turns])
+  q = np.arange(split.num_queries)
   for t in (0.3, 0.7):
     direct = run_at(t)
+    last, answer = calibration.final_turns(stack(never, "margin"), stack(never, "refined"), t)
+    # Per query: where the episode ended, its verdict, rank and span, as the direct pass.
+    np.testing.assert_array_equal(last, stack(direct, "active").sum(0) - 1)
+    np.testing.assert_array_equal(answer, direct[-1].answer)
+    np.testing.assert_array_equal(stack(never, "rank")[last, q], direct[-1].rank)
+    np.testing.assert_array_equal(stack(never, "pred_time")[last, q], direct[-1].pred_time)
+    # Both kinds of episode occur: some end at turn 1, some go on (else nothing is tested).
+    assert (last == 0).any() and (last > 0).any(), t
     want = metrics_lib.fig_metrics(final_rank=direct[-1].rank, orig_rank=direct[0].rank,
                                    answer=direct[-1].answer, pred_time=direct[-1].pred_time,
                                    gt_time=split.times)[calibration.METRIC]

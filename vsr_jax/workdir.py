@@ -74,7 +74,8 @@ def is_eval_field(path: str) -> bool:
 def overlay(saved: dict):
   """Today's base_config with a run's saved values on top: fields added since keep their
   defaults, or the value runs had before them (ADDED), and a checkpoint they change the meaning
-  of is refused by its description, naming the field; renamed fields move; fields the code no longer has are dropped, with a warning."""
+  of is refused by its description, naming the field; renamed fields move; fields the code no
+  longer has are dropped, with a warning."""
   from vsr_jax import defaults   # pylint: disable=g-import-not-at-top (defaults imports data)
   config = defaults.base_config()
   flat = {}

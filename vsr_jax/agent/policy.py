@@ -170,6 +170,9 @@ class Agent(nn.Module):
       self.query_proj = nn.Dense(self.width)
     self.verify_head = nn.Dense(2)
     if self.span_prior:
+      if not self.engine_dim:
+        raise ValueError("span_prior > 0 reads the engine's view: it needs engine_dim > 0 "
+                         "(agent.engine_inputs=True)")
       self.span_prior_scale = self.param(
           "span_prior_scale", nn.initializers.constant(self.span_prior), ())
     self.start_head = nn.Dense(1)
@@ -259,7 +262,10 @@ class Agent(nn.Module):
     n = jnp.maximum(num_frames, 1)[:, None].astype(scores.dtype)
     mean = jnp.sum(jnp.where(valid, scores, 0.0), -1, keepdims=True) / n
     centred = jnp.where(valid, scores - mean, 0.0)
-    z = centred * jax.lax.rsqrt(jnp.sum(jnp.square(centred), -1, keepdims=True) / n + 1e-12)
+    var = jnp.sum(jnp.square(centred), -1, keepdims=True) / n
+    # A floor relative to the scores' size: a video whose frames score alike (still or
+    # repeated frames) keeps its rounding noise near zero instead of standardising it to 1.
+    z = centred * jax.lax.rsqrt(var + 1e-6 * (jnp.square(mean) + 1.0))
     prefix = jnp.concatenate([jnp.zeros_like(z[:, :1]), jnp.cumsum(z, -1)], -1)
     return jax.lax.stop_gradient(prefix[:, None, 1:] - prefix[:, :-1, None])
 
