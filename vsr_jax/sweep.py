@@ -108,6 +108,17 @@ class Sweep:
 
 # ------------------------------------------------------------------------ the sweep file
 
+def on_synthetic(arg, path: str) -> tuple[str, dict]:
+  """For a sweep file over configs/synthetic.py with presets default | reduced | smoke (`path`:
+  the file, for its error): (the preset, {config: the world at that preset, seeds: one for
+  smoke, three otherwise})."""
+  preset = config_lib.check_preset(arg, ("default", "reduced", "smoke"), path)
+  smoke = preset == "smoke"
+  return preset, dict(config="configs/synthetic.py" + ("" if preset == "default" else
+                                                      ":" + preset),
+                     seeds=(0,) if smoke else (0, 1, 2))
+
+
 def _resolve(path: str) -> str:
   """A path as given when it exists from here, else from the repository root."""
   if os.path.exists(path) or os.path.isabs(path):

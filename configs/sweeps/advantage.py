@@ -10,7 +10,7 @@ configs/synthetic.py:reduced (half budgets, half test split, for a 2-core machin
 `:smoke`: configs/synthetic.py:smoke, grpo and rloo, one seed.
 """
 
-from vsr_jax import config_lib, defaults
+from vsr_jax import defaults, sweep
 
 
 
@@ -18,13 +18,12 @@ ROWS = defaults.default_rows("agent_sqr_stage1", "agent_sqr_stage2")
 
 
 def get_sweep(arg=None):
-  preset = config_lib.check_preset(arg, ("default", "reduced", "smoke"), __file__)
+  preset, world = sweep.on_synthetic(arg, __file__)
   smoke = preset == "smoke"
   return dict(
-      config="configs/synthetic.py" + ("" if preset == "default" else ":" + preset),
+      world,
       base={"stages": ("engine", "sft", "grpo"), "eval.rows": ROWS},
       points=[{"grpo.advantage": a}
               for a in (("grpo", "rloo") if smoke else ("grpo", "dr_grpo", "rloo"))],
-      seeds=(0,) if smoke else (0, 1, 2),
       rows=tuple(ROWS),
       metrics=("vcmr_r1_iou0.5", "vr_r1", "ver_acc", "miou_r1"))

@@ -12,7 +12,7 @@ same on configs/synthetic.py:reduced (half budgets, half test split, for a 2-cor
 `:smoke`: configs/synthetic.py:smoke, points all and no_retrieval, one seed.
 """
 
-from vsr_jax import config_lib, defaults
+from vsr_jax import defaults, sweep
 
 
 
@@ -27,13 +27,12 @@ POINTS = [
 
 
 def get_sweep(arg=None):
-  preset = config_lib.check_preset(arg, ("default", "reduced", "smoke"), __file__)
+  preset, world = sweep.on_synthetic(arg, __file__)
   smoke = preset == "smoke"
   return dict(
-      config="configs/synthetic.py" + ("" if preset == "default" else ":" + preset),
+      world,
       base={"stages": ("engine", "sft", "grpo"), "eval.rows": ROWS},
       points=POINTS[:2] if smoke else POINTS,
-      seeds=(0,) if smoke else (0, 1, 2),
       swept=(),     # one tick per point
       rows=tuple(ROWS),
       metrics=("vcmr_r1_iou0.5", "vr_r1", "ver_acc", "miou_r1"))

@@ -11,7 +11,7 @@ the HQR stage. `:reduced`: the same on configs/synthetic.py:reduced (half budget
 split). `:smoke`: configs/synthetic.py:smoke, stages engine + sft, one seed.
 """
 
-from vsr_jax import config_lib, defaults
+from vsr_jax import defaults, sweep
 
 ROWS = defaults.default_rows("engine_single_shot", "agent_no_refine", "agent_sqr_stage1",
                              "agent_sqr_stage2")
@@ -19,14 +19,13 @@ SMOKE_ROWS = defaults.default_rows("engine_single_shot", "agent_no_refine")
 
 
 def get_sweep(arg=None):
-  preset = config_lib.check_preset(arg, ("default", "reduced", "smoke"), __file__)
+  preset, world = sweep.on_synthetic(arg, __file__)
   smoke = preset == "smoke"
   rows = SMOKE_ROWS if smoke else ROWS
   return dict(
-      config="configs/synthetic.py" + ("" if preset == "default" else ":" + preset),
+      world,
       base={"stages": ("engine", "sft") if smoke else ("engine", "sft", "grpo"),
             "eval.rows": rows},
       points=[(f"span_prior={p:g}", {"agent.span_prior": p}) for p in (0.0, 1.0)],
-      seeds=(0,) if smoke else (0, 1, 2),
       rows=tuple(rows),
       metrics=("vcmr_r1_iou0.5", "vr_r1", "ver_acc", "miou_r1"))

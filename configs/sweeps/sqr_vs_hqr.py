@@ -11,7 +11,7 @@ configs/synthetic.py:reduced (half budgets, half test split, for a 2-core machin
 `:smoke`: configs/synthetic.py:smoke, N in {2, 4}, one seed.
 """
 
-from vsr_jax import config_lib, defaults
+from vsr_jax import defaults, sweep
 
 
 
@@ -20,13 +20,12 @@ SMOKE_ROWS = {k: ROWS[k] for k in ("agent_hqr", "agent_sqr_stage1")}
 
 
 def get_sweep(arg=None):
-  preset = config_lib.check_preset(arg, ("default", "reduced", "smoke"), __file__)
+  preset, world = sweep.on_synthetic(arg, __file__)
   smoke = preset == "smoke"
   rows = SMOKE_ROWS if smoke else ROWS
   return dict(
-      config="configs/synthetic.py" + ("" if preset == "default" else ":" + preset),
+      world,
       base={"stages": ("engine", "sft", "sft_hqr"), "eval.rows": rows},
       points=[{"agent.num_latents": n} for n in ((2, 4) if smoke else (2, 4, 8))],
-      seeds=(0,) if smoke else (0, 1, 2),
       rows=tuple(rows),
       metrics=("vr_r1", "vcmr_r1_iou0.5"))

@@ -11,7 +11,7 @@ test split), grpo.steps in {25, 50, 100} (50 is its schedule). `:smoke`:
 configs/synthetic.py:smoke, grpo.steps in {2, 4}, one seed.
 """
 
-from vsr_jax import config_lib, defaults
+from vsr_jax import defaults, sweep
 
 
 
@@ -20,14 +20,13 @@ SMOKE_ROWS = {k: ROWS[k] for k in ("agent_sqr_stage1", "agent_sqr_stage2")}
 
 
 def get_sweep(arg=None):
-  preset = config_lib.check_preset(arg, ("default", "reduced", "smoke"), __file__)
+  preset, world = sweep.on_synthetic(arg, __file__)
   smoke = preset == "smoke"
   rows = SMOKE_ROWS if smoke else ROWS
   return dict(
-      config="configs/synthetic.py" + ("" if preset == "default" else ":" + preset),
+      world,
       base={"stages": ("engine", "sft", "grpo"), "eval.rows": rows},
       points=[(f"grpo_steps={n}", {"grpo.steps": n})
               for n in {"smoke": (2, 4), "reduced": (25, 50, 100)}.get(preset, (50, 100, 200))],
-      seeds=(0,) if smoke else (0, 1, 2),
       rows=tuple(rows),
       metrics=("vcmr_r1_iou0.5", "vr_r1", "ver_acc", "miou_r1"))
