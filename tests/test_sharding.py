@@ -105,16 +105,12 @@ import jax
 import numpy as np
 from vsr_jax import config_lib, hosts, rollout, sharding, stages, train
 smoke, out, data, corpus, coordinator, processes, pid = sys.argv[1:8]
-# Fewer steps than :smoke (the suite's time): each stage's programs are what is compared.
-STEPS = {"engine.train.steps": "10", "engine.train.warmup_steps": "2",
-         "engine.train.mine_every": "5", "sft.steps": "8", "sft.warmup_steps": "1",
-         "grpo.steps": "2", "log.every_steps": "2", "checkpoint.every_steps": "5"}
 config = config_lib.load(smoke, {
     "mesh.data": data, "mesh.corpus": corpus, "stages": "('engine', 'sft', 'grpo')",
     "mesh.init_timeout_s": "120", "mesh.heartbeat_timeout_s": "60",
     "eval.rows": str({r: config_lib.load(smoke).eval.rows[r].to_dict() for r in
                       ('engine_single_shot', 'agent_sqr_stage1', 'agent_sqr_stage2')}),
-    "data.dir": out + "/data" + processes, **STEPS})
+    "data.dir": out + "/data" + processes})
 workdir = f"{out}/mesh{data}x{corpus}p{processes}"
 if int(processes) > 1:
   hosts.initialize(config.mesh, coordinator, int(processes), int(pid))
