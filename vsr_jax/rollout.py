@@ -228,6 +228,8 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
                       mode=spec.mode, sigma=spec.sigma, rng=jax.random.fold_in(key, 0),
                       forced=None if f_t is None else f_t["refine"], method=Agent.act, **view)
     verify_lp = jax.nn.log_softmax(out["verify"])
+    # p(matched)'s log-odds: the verdict at any threshold (calibration reads it).
+    margin = out["verify"][:, MATCHED] - out["verify"][:, NOT_MATCHED]
     span_lp = jax.nn.log_softmax(out["span"].reshape(B, F * F))
     if spec.mode == "sample":
       verdict = jax.random.categorical(jax.random.fold_in(key, 1), out["verify"])
@@ -238,7 +240,6 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
     else:
       verdict = jnp.argmax(out["verify"], -1)
       if matched_margin is not None:
-        margin = out["verify"][:, MATCHED] - out["verify"][:, NOT_MATCHED]
         verdict = jnp.where(margin >= matched_margin, MATCHED, NOT_MATCHED)
       span_flat = jnp.argmax(span_lp, -1)
     span = jnp.stack([span_flat // F, span_flat % F], -1)
@@ -268,8 +269,7 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
     step = dict(record)
     step.update(
         active=active, refines=refines, grounds=active & matched,
-        # p(matched)'s log-odds: the verdict at any threshold (calibration reads it).
-        verify_margin=out["verify"][:, MATCHED] - out["verify"][:, NOT_MATCHED],
+        verify_margin=margin,
         verdict_logp=jnp.take_along_axis(verify_lp, verdict[:, None], -1)[:, 0],
         span_logp=jnp.take_along_axis(span_lp, span_flat[:, None], -1)[:, 0],
         refine_logp=refine_lp, refine_action=refine_action, next_query=q_next)
