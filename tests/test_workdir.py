@@ -332,3 +332,28 @@ def test_attach_log_takes_background_failures_off_the_terminal(tmp_path):
         py_logging.getLogger().removeHandler(h)
         h.close()
     threading.excepthook, sys.unraisablehook = old_hook, old_unraisable
+
+
+def test_warnings_to_log_keeps_exit_warnings_off_the_terminal(tmp_path, capsys):
+  import logging as py_logging   # pylint: disable=g-import-not-at-top
+  import threading   # pylint: disable=g-import-not-at-top
+  import sys   # pylint: disable=g-import-not-at-top
+  import warnings   # pylint: disable=g-import-not-at-top
+  old = threading.excepthook, sys.unraisablehook, warnings.showwarning
+  path = workdir.attach_log(str(tmp_path))
+  try:
+    workdir.warnings_to_log()
+    with warnings.catch_warnings():
+      warnings.simplefilter("always")
+      warnings.warn("coroutine 'write_fragment' was never awaited", RuntimeWarning)
+    for h in py_logging.getLogger().handlers:
+      h.flush()
+    with open(path, encoding="utf-8") as f:
+      assert "RuntimeWarning: coroutine 'write_fragment' was never awaited" in f.read()
+    assert "never awaited" not in capsys.readouterr().err
+  finally:
+    for h in list(py_logging.getLogger().handlers):
+      if isinstance(h, workdir._LogFile):   # pylint: disable=protected-access
+        py_logging.getLogger().removeHandler(h)
+        h.close()
+    threading.excepthook, sys.unraisablehook, warnings.showwarning = old

@@ -20,7 +20,6 @@ import os
 import re
 import sys
 import traceback
-import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -144,11 +143,8 @@ def main(argv):
     where = workdir_lib.disk_full(e)
     if where is not None:
       # A full disk: one line (the traceback, and Orbax's threads' own, go to log.txt).
-      background = std_logging.getLogger(workdir_lib.BACKGROUND)
-      background.error("write failed", exc_info=True)
-      # Orbax's abandoned writes warn at exit (coroutines never awaited): to log.txt as well.
-      warnings.showwarning = lambda message, category, filename, lineno, *_: background.error(
-          "%s:%s: %s: %s", filename, lineno, category.__name__, message)
+      std_logging.getLogger(workdir_lib.BACKGROUND).error("write failed", exc_info=True)
+      workdir_lib.warnings_to_log()   # Orbax's abandoned writes warn at exit
       workdir = os.path.abspath(FLAGS.workdir or ".")
       if not where or os.path.abspath(where).startswith(workdir + os.sep):
         message = (f"error: no space left on the disk of --workdir={FLAGS.workdir}"

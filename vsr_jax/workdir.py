@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import threading
+import warnings
 
 from absl import logging
 
@@ -289,6 +290,15 @@ def attach_log(directory: str, process: int = 0) -> str:
       "%s", u.err_msg or "exception ignored", exc_info=(u.exc_type, u.exc_value,
                                                         u.exc_traceback))
   return path
+
+
+def warnings_to_log() -> None:
+  """From now on Python's warnings go to log.txt only, as background failures do: after a
+  failed write, abandoned background work (coroutines never awaited) warns at exit, and the
+  terminal keeps its one line."""
+  background = py_logging.getLogger(BACKGROUND)
+  warnings.showwarning = lambda message, category, filename, lineno, *_: background.error(
+      "%s:%s: %s: %s", filename, lineno, category.__name__, message)
 
 
 def is_background(record) -> bool:
