@@ -38,20 +38,27 @@ def test_final_turns_from_the_never_matching_pass():
   assert not answer.any()
 
 
-def test_choose_best_then_nearest_half():
-  assert calibration.choose({0.3: 0.1, 0.5: 0.2, 0.7: 0.25}, split="val", row="r",
-                            first_turn_hits=3) == 0.7
+def test_choose_best_then_nearest_half_then_as_trained():
+  one = lambda scores: {(t, 1.0): v for t, v in scores.items()}
+  assert calibration.choose(one({0.3: 0.1, 0.5: 0.2, 0.7: 0.25}), split="val", row="r",
+                            first_turn_hits=3) == (0.7, 1.0)
   # A tie: the threshold nearest the argmax's 0.5 (then the lower one).
-  assert calibration.choose({0.2: 0.3, 0.4: 0.3, 0.6: 0.3, 0.9: 0.1}, split="val", row="r",
-                            first_turn_hits=3) == 0.4
+  assert calibration.choose(one({0.2: 0.3, 0.4: 0.3, 0.6: 0.3, 0.9: 0.1}), split="val",
+                            row="r", first_turn_hits=3) == (0.4, 1.0)
   assert calibration.GRID[len(calibration.GRID) // 2] == 0.5
+  # The sharpness: the best score, whatever its threshold; on a tie the one nearest x1.
+  scores = {(0.5, 1.0): 0.2, (0.5, 3.0): 0.22, (0.3, 10.0): 0.24, (0.6, 10.0): 0.1}
+  assert calibration.choose(scores, split="val", row="r", first_turn_hits=3) == (0.3, 10.0)
+  scores = {(0.5, 1.0): 0.2, (0.5, 3.0): 0.2, (0.5, 10.0): 0.2}
+  assert calibration.choose(scores, split="val", row="r", first_turn_hits=3) == (0.5, 1.0)
+  assert calibration.SHARPEN_GRID[0] == 1.0     # as trained is always a candidate
 
 
 def test_no_matched_example_is_refused():
   with pytest.raises(calibration.CalibrationError,
                      match=r"eval.calibrate='val': row agent_sqr's first search returns the "
                            r"true video for none .* no matched example"):
-    calibration.choose({0.5: 0.0}, split="val", row="agent_sqr", first_turn_hits=0)
+    calibration.choose({(0.5, 1.0): 0.0}, split="val", row="agent_sqr", first_turn_hits=0)
 
 
 def test_split_checks():

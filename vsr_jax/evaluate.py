@@ -58,6 +58,7 @@ class RowResult:
   svmr: list
   vr: list
   verify_threshold: float | None = None   # calibrated (eval.calibrate); None: the argmax
+  span_sharpen: float | None = None       # calibrated span prior sharpness; None: as trained
 
 
 def path_metrics(turns: list) -> dict:
@@ -87,6 +88,8 @@ def row_metrics(row: RowResult, split) -> dict:
                                      gt_video=split.video_index, gt_windows=split.times))
   if row.verify_threshold is not None:
     out["verify_threshold"] = row.verify_threshold
+  if row.span_sharpen is not None:
+    out["span_sharpen"] = row.span_sharpen
   return out
 
 
@@ -331,15 +334,17 @@ _greedy_episode = jax.jit(rollout.episode, static_argnums=(0, 1), static_argname
 
 
 def greedy_turns(config, name, agent, params, engine, engine_params, split, corpus, spec,
-                 mesh=None, threshold: float | None = None):
+                 mesh=None, threshold: float | None = None, sharpen: float | None = None):
   """Greedy episodes of an agent over the whole split: ([Turn] per turn, [Q, E] final queries).
 
   mesh: the episode's batch is split over its 'data' axis (the corpus as `corpus` holds it).
   threshold: p(matched) at which the verdict is `matched` (None: the argmax).
+  sharpen: the span prior's weight times this (None: as trained).
   """
   batch = config.eval.batch_size
   margin = None if threshold is None else jnp.float32(calibration.margin(threshold))
-  run = functools.partial(_greedy_episode, agent, engine, spec=spec, matched_margin=margin)
+  run = functools.partial(_greedy_episode, agent, engine, spec=spec, matched_margin=margin,
+                          span_sharpen=None if sharpen is None else jnp.float32(sharpen))
   place = (lambda x: x) if mesh is None else functools.partial(
       hosts.put_rows, sharding=sharding.batch_sharded(mesh))
   rng = jax.random.PRNGKey(0)
@@ -369,10 +374,10 @@ def greedy_turns(config, name, agent, params, engine, engine_params, split, corp
 
 
 def agent_row(config, name, agent, params, engine, engine_params, split, corpus, spec,
-              mesh=None, threshold: float | None = None):
+              mesh=None, threshold: float | None = None, sharpen: float | None = None):
   """Greedy episodes of an agent over the whole split, as a method row (greedy_turns' args)."""
   turns, finals = greedy_turns(config, name, agent, params, engine, engine_params, split,
-                               corpus, spec, mesh, threshold)
+                               corpus, spec, mesh, threshold, sharpen)
   # TVR lists: the engine's top-k under the final query; the agent's own answer (its final
   # video with its span) goes first.
   lists = engine_lists(config, engine, engine_params, split, corpus.index, finals)
@@ -383,24 +388,26 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
     top = rows[0, 3] + 1.0 if len(rows) else 1.0
     head = np.array([[final.retrieved[i], *final.pred_time[i], top]])
     vcmr.append(np.concatenate([head, rows[~own]])[:len(rows)])
-  svmr = _agent_svmr(config, agent, params, engine, engine_params, split, lists.ids.shape[1])
+  svmr = _agent_svmr(config, agent, params, engine, engine_params, split, lists.ids.shape[1],
+                     sharpen)
   return RowResult(name=name, orig_rank=turns[0].rank, turns=turns, vcmr=vcmr, svmr=svmr,
-                   vr=vcmr, verify_threshold=threshold)
+                   vr=vcmr, verify_threshold=threshold, span_sharpen=sharpen)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames="k")
-def _top_spans(agent, engine, params, engine_params, tokens, frames, nf, *, k: int):
+def _top_spans(agent, engine, params, engine_params, tokens, frames, nf, sharpen, *, k: int):
   q = engine.apply({"params": engine_params}, tokens, method=type(engine).encode_text)
   view = rollout.engine_view(agent, engine, engine_params, frames, q)
   out = agent.apply({"params": params}, tokens, frames, nf, num_latents=0, mode="greedy",
-                    sigma=1.0, method=policy.Agent.act, **view)
+                    sigma=1.0, method=policy.Agent.act, span_sharpen=sharpen, **view)
   lp = jax.nn.log_softmax(out["span"].reshape(tokens.shape[0], -1))
   return jax.lax.top_k(lp, k)
 
 
-def _agent_svmr(config, agent, params, engine, engine_params, split, k: int):
+def _agent_svmr(config, agent, params, engine, engine_params, split, k: int, sharpen=None):
   """The agent's top-k spans inside each query's ground-truth video (its span head)."""
   batch = config.eval.batch_size
+  sharpen = None if sharpen is None else jnp.float32(sharpen)
 
   spans = functools.partial(_top_spans, agent, engine, k=k)
   Q, F = split.num_queries, split.features.shape[1]
@@ -409,7 +416,7 @@ def _agent_svmr(config, agent, params, engine, engine_params, split, k: int):
     vid = split.video_index[start:start + batch]
     (tokens, frames, nf), real = _pad_batch(
         [split.tokens[start:start + batch], split.features[vid], split.num_frames[vid]], batch)
-    s, f = hosts.fetch(spans(params, engine_params, tokens, frames, nf))
+    s, f = hosts.fetch(spans(params, engine_params, tokens, frames, nf, sharpen))
     scores[start:start + real], flat[start:start + real] = s[:real], f[:real]
 
   def windows(i, n, top):
@@ -472,9 +479,10 @@ def calibration_score(turns: list, split, threshold: float) -> float:
       pred_time=stack("pred_time")[last, q], gt_time=split.times)[calibration.METRIC]
 
 
-def calibrated_threshold(ctx, name, row, agent, spec) -> float:
-  """The matched threshold of agent row `name` chosen on config.eval.calibrate's split (once
-  per stage and episode; vsr_jax/calibration.py)."""
+def calibrated_threshold(ctx, name, row, agent, spec) -> tuple:
+  """The matched threshold and span prior sharpness (None for an agent without the prior) of
+  agent row `name`, chosen on config.eval.calibrate's split (once per stage and episode;
+  vsr_jax/calibration.py)."""
   config = ctx.config
   split_name = config.eval.calibrate
   key = ("calibration", split_name, row.stage, spec)
@@ -486,24 +494,31 @@ def calibrated_threshold(ctx, name, row, agent, spec) -> float:
     ctx.cache["calibration_corpus", split_name] = (cal, corpus_of(ctx, cal, directory=None))
   cal, corpus = ctx.cache["calibration_corpus", split_name]
   params = ctx.stage_params(row.stage)
-  # One pass that never matches serves every threshold (calibration.final_turns).
-  turns, _ = greedy_turns(config, f"calibrate {name}", agent, params, ctx.engine,
-                          ctx.engine_params, cal, corpus, spec, ctx.mesh, calibration.NEVER)
-  scores = {t: calibration_score(turns, cal, t) for t in calibration.GRID}
+  # One pass that never matches serves every threshold (calibration.final_turns); one per
+  # sharpness, which changes the spans only.
+  scores = {}
+  for m in calibration.SHARPEN_GRID if agent.span_prior else (None,):
+    turns, _ = greedy_turns(config, f"calibrate {name}", agent, params, ctx.engine,
+                            ctx.engine_params, cal, corpus, spec, ctx.mesh, calibration.NEVER,
+                            m)
+    scores.update({(t, m or 1.0): calibration_score(turns, cal, t) for t in calibration.GRID})
   hits = int(np.sum(turns[0].rank == 1))     # the first search is the same at every threshold
-  threshold = calibration.choose(scores, split=split_name, row=name, first_turn_hits=hits)
-  logging.info("%s: matched threshold %.1f (VCMR 0.5/R@1 on %s: %s)", name, threshold,
-               split_name, ", ".join(f"{t}: {100 * v:.1f}" for t, v in scores.items()))
-  ctx.cache[key] = threshold
-  return threshold
+  threshold, sharpen = calibration.choose(scores, split=split_name, row=name,
+                                          first_turn_hits=hits)
+  logging.info("%s: matched threshold %.1f, span prior x%g (VCMR 0.5/R@1 on %s: %s)", name,
+               threshold, sharpen, split_name,
+               ", ".join(f"{t}/x{m:g}: {100 * v:.1f}" for (t, m), v in scores.items()))
+  ctx.cache[key] = threshold, (sharpen if agent.span_prior else None)
+  return ctx.cache[key]
 
 
 def _agent_row(ctx, name, row, split, corpus):
   agent, spec = agent_episode(ctx, name, row)
-  threshold = (calibrated_threshold(ctx, name, row, agent, spec) if ctx.config.eval.calibrate
-               else None)
+  threshold, sharpen = (calibrated_threshold(ctx, name, row, agent, spec)
+                        if ctx.config.eval.calibrate else (None, None))
   return agent_row(ctx.config, name, agent, ctx.stage_params(row.stage), ctx.engine,
-                   ctx.engine_params, split, corpus, spec, mesh=ctx.mesh, threshold=threshold)
+                   ctx.engine_params, split, corpus, spec, mesh=ctx.mesh, threshold=threshold,
+                   sharpen=sharpen)
 
 
 registry.ROW_KINDS.register("engine", RowKind(_engine_row, stage="engine"))

@@ -188,7 +188,7 @@ def span_to_seconds(span_frames, frame_seconds, duration):
 
 def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corpus: Corpus,
             tokens, gt, rng, spec: EpisodeConfig, forced=None, unrolled: bool = False,
-            matched_margin=None, orig_query=None):
+            matched_margin=None, orig_query=None, span_sharpen=None):
   """Runs T turns for a batch. tokens [B, L] int; gt [B] ground-truth video (for ranks).
 
   forced (spec.mode == 'forced'): a recorded trajectory {'retrieved' [T, B], 'query' [T, B, E],
@@ -199,6 +199,8 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
   matched_margin (greedy mode; a scalar, traced): the verdict is `matched` when the verify
   logits' matched - not_matched margin is >= it, i.e. p(matched) >= sigmoid(margin) (a
   calibrated threshold, vsr_jax/calibration.py); None: the argmax (the same as margin 0).
+  span_sharpen (greedy mode; a scalar, traced): the span prior's weight times this
+  (Agent.act; a calibrated sharpness, vsr_jax/calibration.py); None: as trained.
   orig_query [B, E]: the engine's vectors of `tokens` when the caller has them (training reads
   them from the engine's view of the train split, computed once): not encoded again.
   """
@@ -226,7 +228,8 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
     key = jax.random.fold_in(rng, t)
     out = agent.apply({"params": agent_params}, tokens, frames, nf, num_latents=N,
                       mode=spec.mode, sigma=spec.sigma, rng=jax.random.fold_in(key, 0),
-                      forced=None if f_t is None else f_t["refine"], method=Agent.act, **view)
+                      forced=None if f_t is None else f_t["refine"], method=Agent.act,
+                      span_sharpen=span_sharpen, **view)
     verify_lp = jax.nn.log_softmax(out["verify"])
     # p(matched)'s log-odds: the verdict at any threshold (calibration reads it).
     margin = out["verify"][:, MATCHED] - out["verify"][:, NOT_MATCHED]

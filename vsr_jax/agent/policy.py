@@ -340,7 +340,7 @@ class Agent(nn.Module):
     return self._words(token)
 
   def act(self, tokens, frames, num_frames, *, num_latents: int, mode: str, sigma: float,
-          rng=None, forced=None, engine_frames=None, query_vec=None):
+          rng=None, forced=None, engine_frames=None, query_vec=None, span_sharpen=None):
     """One turn's policy outputs for a batch (engine_frames, query_vec: see `prefix`).
 
     mode: greedy (latents = their means, argmax words), sample (Gaussian latents of std
@@ -348,10 +348,14 @@ class Agent(nn.Module):
     latents [B, N, latent_dim] for SQR, words [B, N] for HQR).
     Returns verify [B, 2] and span [B, F, F] logits and, for the N refinement positions,
     SQR: mean [B, N, Dl] and action [B, N, Dl]; HQR: logits [B, N, V] and words [B, N].
+    span_sharpen (a scalar, may be traced): the span prior's weight times this (evaluation's
+    calibrated sharpness; None: as trained).
     """
     hidden, cache, valid = self.prefix(tokens, frames, num_frames, engine_frames, query_vec)
     gain = (self.window_gain(engine_frames, query_vec, num_frames) if self.span_prior
             else None)
+    if gain is not None and span_sharpen is not None:
+      gain = gain * span_sharpen
     verify, span = self.heads_out(hidden, num_frames, tokens.shape[1], gain)
     out = {"verify": verify, "span": span}
     h = hidden[:, -1]
