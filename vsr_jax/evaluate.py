@@ -505,7 +505,7 @@ def calibrated_threshold(ctx, name, row, agent, spec) -> tuple:
   hits = int(np.sum(turns[0].rank == 1))     # the first search is the same at every threshold
   threshold, sharpen = calibration.choose(scores, split=split_name, row=name,
                                           first_turn_hits=hits)
-  logging.info("%s: matched threshold %.1f, span prior x%g (VCMR 0.5/R@1 on %s: %s)", name,
+  logging.info("%s: matched threshold %g, span prior x%g (VCMR 0.5/R@1 on %s: %s)", name,
                threshold, sharpen, split_name,
                ", ".join(f"{t}/x{m:g}: {100 * v:.1f}" for (t, m), v in scores.items()))
   ctx.cache[key] = threshold, (sharpen if agent.span_prior else None)
