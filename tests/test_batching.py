@@ -174,3 +174,30 @@ def test_engine_batch_deterministic_per_seed_and_step():
   np.random.seed(123)
   c = batching.engine_batch(split, 5, seed=1, **kw)
   np.testing.assert_array_equal(a["video_ids"], c["video_ids"])
+
+
+@pytest.mark.parametrize("keep, width", [(1.0, 4), (0.0, 3)])
+def test_engine_batch_cuts_tokens_to_the_longest_caption(keep, width):
+  """token_multiple: the batch's tokens end after its longest caption, rounded up to the
+  multiple (never past the split's width); the cut columns held padding only, and the rest of
+  the batch is the uncut batch's."""
+  split = fake_split()
+  kw = dict(batch_size=8, fine_keep=keep, hard_pool=None, hard_negatives=1)
+  full = batching.engine_batch(split, 2, seed=0, **kw)
+  for multiple, want in ((1, width), (3, 3 * -(-width // 3)), (5, 5), (16, 8)):
+    cut = batching.engine_batch(split, 2, seed=0, token_multiple=multiple, **kw)
+    assert cut["tokens"].shape == (8, want)
+    np.testing.assert_array_equal(cut["tokens"], full["tokens"][:, :want])
+    assert (full["tokens"][:, want:] == PAD).all()
+    np.testing.assert_array_equal(cut["video_ids"], full["video_ids"])
+
+
+def test_engine_batch_carries_pooled_rows_instead_of_tokens():
+  split = fake_split()
+  pooled = np.arange(40, dtype=np.float32)[:, None] * np.ones((1, 5), np.float32)
+  kw = dict(batch_size=8, fine_keep=1.0, hard_pool=None, hard_negatives=1)
+  b = batching.engine_batch(split, 4, seed=0, pooled=pooled, **kw)
+  want = batching.engine_batch(split, 4, seed=0, **kw)
+  assert "tokens" not in b and b["pooled"].shape == (8, 5)
+  np.testing.assert_array_equal(b["pooled"][:, 0], want["tokens"][:, 0] - 2)   # query ids
+  np.testing.assert_array_equal(b["video_ids"], want["video_ids"])

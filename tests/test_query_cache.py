@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -104,3 +105,71 @@ def test_mining_from_the_cache_equals_mining_from_tokens(setup, tmp_path):
   want = engine_stage.mine_hard_negatives(engine, params, split, 3, 4)
   got = engine_stage.mine_hard_negatives(engine, params, split, 3, 4, pooled=pooled)
   np.testing.assert_array_equal(got, want)
+
+
+def test_stage0_steps_from_the_cache_equal_steps_from_tokens(setup, tmp_path):
+  """Stage 0 over the train split with the frozen tower: its batches carry the captions'
+  cached encodings instead of tokens, and a step from them (the projection only) gives the
+  loss and the weights a step from the tokens gives."""
+  import types   # pylint: disable=g-import-not-at-top
+  from vsr_jax.data import batching   # pylint: disable=g-import-not-at-top
+  config, engine, params, tokens = setup
+  config = config.copy_and_resolve_references()
+  config.engine.train.source, config.engine.train.batch_size = "train", 4
+  config.engine.train.hard_negatives = 1
+  rng = np.random.default_rng(0)
+  split = types.SimpleNamespace(
+      features=rng.standard_normal((5, 16, 8)).astype(np.float32),
+      num_frames=np.full(5, 16, np.int32), tokens=tokens, fine=np.zeros(tokens.shape, bool),
+      video_index=np.array([0, 1, 2, 3, 4, 0], np.int32), num_videos=5, num_queries=6)
+  ctx = types.SimpleNamespace(config=config, engine=engine, splits={"train": split},
+                              tokenizer=None, cache={}, workdir=str(tmp_path))
+  loop = engine_stage.EngineStage().loop(ctx)
+  state = loop.state
+  batch = loop.batch_fn(0, state)
+  assert "pooled" in batch and "tokens" not in batch
+  want = batching.engine_batch(split, 0, seed=config.seed, batch_size=4, fine_keep=1.0,
+                               hard_pool=None, hard_negatives=1)
+  want["video_ids"] = batch["video_ids"]      # the same mined negatives
+  want["features"], want["num_frames"] = batch["features"], batch["num_frames"]
+  copy = lambda s: jax.tree.map(jnp.array, s)
+  got_state, got = loop.step_fn(copy(state), batch, None)
+  want_state, wanted = loop.step_fn(copy(state), want, None)
+  np.testing.assert_allclose(got["loss"], wanted["loss"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               got_state.params, want_state.params)
+
+
+def test_stage0_cuts_a_frozen_towers_captions_and_steps_as_at_full_width(setup, tmp_path):
+  """With fine tokens dropped (no cache), stage 0's captions for the frozen tower are cut to
+  the batch's longest, rounded up to TOKEN_MULTIPLE; the step equals the full-width step."""
+  import types   # pylint: disable=g-import-not-at-top
+  from vsr_jax.data import batching   # pylint: disable=g-import-not-at-top
+  config, engine, params, tokens = setup
+  config = config.copy_and_resolve_references()
+  config.engine.train.source, config.engine.train.batch_size = "train", 4
+  config.engine.train.hard_negatives, config.engine.train.fine_keep = 1, 0.2
+  fine = np.zeros(tokens.shape, bool)
+  fine[:, 1:] = tokens[:, 1:] != batching.PAD       # all but the first piece may be dropped
+  rng = np.random.default_rng(0)
+  split = types.SimpleNamespace(
+      features=rng.standard_normal((5, 16, 8)).astype(np.float32),
+      num_frames=np.full(5, 16, np.int32), tokens=tokens, fine=fine,
+      video_index=np.array([0, 1, 2, 3, 4, 0], np.int32), num_videos=5, num_queries=6)
+  ctx = types.SimpleNamespace(config=config, engine=engine, splits={"train": split},
+                              tokenizer=None, cache={}, workdir=str(tmp_path))
+  loop = engine_stage.EngineStage().loop(ctx)
+  state = loop.state
+  batch = loop.batch_fn(0, state)
+  assert "pooled" not in batch
+  assert batch["tokens"].shape[1] == engine_stage.TOKEN_MULTIPLE < tokens.shape[1]
+  want = dict(batch, tokens=batching.engine_batch(
+      split, 0, seed=config.seed, batch_size=4, fine_keep=0.2, hard_pool=None,
+      hard_negatives=1)["tokens"])
+  assert want["tokens"].shape[1] == tokens.shape[1]
+  copy = lambda s: jax.tree.map(jnp.array, s)
+  got_state, got = loop.step_fn(copy(state), batch, None)
+  want_state, wanted = loop.step_fn(copy(state), want, None)
+  np.testing.assert_allclose(got["loss"], wanted["loss"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               got_state.params, want_state.params)

@@ -23,11 +23,21 @@ def drop_fine_tokens(tokens: np.ndarray, fine: np.ndarray, keep: float,
 
 
 def engine_batch(split, step: int, *, seed: int, batch_size: int, fine_keep: float,
-                 hard_pool: np.ndarray | None, hard_negatives: int) -> dict:
-  """Captions with their positive videos, then `hard_negatives` mined videos per caption."""
+                 hard_pool: np.ndarray | None, hard_negatives: int,
+                 pooled: np.ndarray | None = None, token_multiple: int = 0) -> dict:
+  """Captions with their positive videos, then `hard_negatives` mined videos per caption.
+
+  pooled: [Q, hidden] a frozen text tower's encodings of the split's captions; the batch then
+  carries the captions' rows of it ('pooled') instead of their tokens.
+  token_multiple > 0: the tokens are cut to the batch's longest caption, rounded up to this
+  multiple (a pretrained encoder's cost is its width, and captions with dropped fine tokens are
+  short; a few widths, a few compiles)."""
   rng = np.random.default_rng([seed, 17, step])
   qi = rng.choice(split.num_queries, size=batch_size, replace=split.num_queries < batch_size)
   tokens = drop_fine_tokens(split.tokens[qi], split.fine[qi], fine_keep, rng)
+  if token_multiple:
+    width = -(-int((tokens != PAD).sum(1).max()) // token_multiple) * token_multiple
+    tokens = tokens[:, :width]      # a caption keeps at least one token: width >= multiple
   videos = [split.video_index[qi]]
   for _ in range(hard_negatives):
     if hard_pool is None:     # before the first mining: random videos
@@ -36,5 +46,6 @@ def engine_batch(split, step: int, *, seed: int, batch_size: int, fine_keep: flo
       pick = rng.integers(0, hard_pool.shape[1], size=batch_size)
       videos.append(hard_pool[qi, pick])
   vi = np.concatenate(videos).astype(np.int32)
-  return {"tokens": tokens, "features": split.features[vi], "num_frames": split.num_frames[vi],
+  text = {"tokens": tokens} if pooled is None else {"pooled": pooled[qi]}
+  return {**text, "features": split.features[vi], "num_frames": split.num_frames[vi],
           "video_ids": vi}

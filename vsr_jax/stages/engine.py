@@ -34,6 +34,11 @@ def _tx(cfg, params, steps: int):
   return towers.freeze(tx, params)   # a pretrained text encoder stays as loaded
 
 
+# A pretrained text tower encodes stage 0's captions cut to a multiple of this many tokens
+# (batching.engine_batch): its forward is most of the step, and is linear in the width.
+TOKEN_MULTIPLE = 8
+
+
 def joint_steps(cfg) -> int:
   return cfg.steps - cfg.text_only_steps
 
@@ -110,9 +115,14 @@ class EngineStage(base.Stage):
     config, engine = ctx.config, ctx.engine
     cfg = config.engine.train
     train = ctx.splits.get(config.data.train_split)
-    lc = {"pool": None, "pool_index": None, "hard": None}
+    lc = {"pool": None, "pool_index": None, "hard": None, "pooled": None}
     keep = cfg.fine_keep if (text_only or not cfg.text_only_steps) else 1.0
     full = (lambda p: {"text": p["text"], "video": video_params}) if text_only else (lambda p: p)
+    # A frozen tower's captions, when no fine token is dropped, are the cached pooled
+    # encodings: a step then runs the projection only, not the encoder forward and backward.
+    frozen = query_cache.frozen_text(engine)
+    from_pooled = (cfg.source == "train" and train is not None and frozen
+                   and (keep == 1.0 or not train.fine.any()))
 
     def pooled_train(params):
       """The train split's queries through a frozen text encoder, once per run (cached in the
@@ -131,6 +141,8 @@ class EngineStage(base.Stage):
         lc["pool"] = _pretrain_pool(config, ctx.tokenizer, train,
                                     pool_index + (1000 if text_only else 0))
         lc["pool_index"] = pool_index
+        if from_pooled:      # a new pool or the loop's first step: `state` is given
+          lc["pooled"] = pooled_train(full(hosts.fetch(state.params)))
         if step % cfg.mine_every == 0 or lc["hard"] is None:
           # Mining is deterministic given the weights: a resumed run mines again at a pool
           # boundary; the checkpointed negatives serve a resume in the middle of a pool.
@@ -141,15 +153,21 @@ class EngineStage(base.Stage):
               every_seconds=config.log.progress_seconds)
       return batching.engine_batch(lc["pool"], step, seed=config.seed + 7 * text_only,
                                    batch_size=cfg.batch_size, fine_keep=keep,
-                                   hard_pool=lc["hard"], hard_negatives=cfg.hard_negatives)
+                                   hard_pool=lc["hard"], hard_negatives=cfg.hard_negatives,
+                                   pooled=lc["pooled"] if from_pooled else None,
+                                   token_multiple=TOKEN_MULTIPLE if frozen else 0)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def step_fn(state, batch, rng):
       del rng
       def loss_fn(params):
         params = full(params)
-        q = engine.apply({"params": params}, batch["tokens"],
-                         method=towers.DualEncoder.encode_text)
+        if "pooled" in batch:
+          q = engine.apply({"params": params}, batch["pooled"],
+                           method=towers.DualEncoder.text_from_pooled)
+        else:
+          q = engine.apply({"params": params}, batch["tokens"],
+                           method=towers.DualEncoder.encode_text)
         v = engine.apply({"params": params}, batch["features"], batch["num_frames"],
                          method=towers.DualEncoder.encode_video)
         return contrastive.engine_loss(q, v, batch["video_ids"], cfg.temperature)
