@@ -354,3 +354,27 @@ def test_a_given_original_query_is_the_encoded_one(setup):
                                       -q0))
   assert (other["retrieved"][0] != plain["retrieved"][0]).any()
   np.testing.assert_allclose(other["orig_query"], -np.asarray(q0), atol=1e-6)
+
+
+@pytest.mark.parametrize("view_query", ["turn", "original"])
+def test_view_query_is_the_vector_the_agent_reads(setup, monkeypatch, view_query):
+  """rollout.view_query: the engine view the agent reads holds the turn's query vector (the
+  refined one after a refinement) or the original query's in every turn."""
+  seen = []
+  real = rollout.engine_view
+
+  def spy(agent, engine, engine_params, frames, query_vec):
+    seen.append(np.asarray(query_vec))
+    return real(agent, engine, engine_params, frames, query_vec)
+
+  monkeypatch.setattr(rollout, "engine_view", spy)
+  never = with_verify_bias(setup["params"], False)     # every turn refines
+  spec = dataclasses.replace(SAMPLE, mode="greedy", view_query=view_query)
+  out = jax.tree.map(np.asarray, rollout.episode(
+      setup["agent"], setup["engine"], never, setup["engine_params"], setup["corpus"],
+      setup["tokens"], setup["gt"], jax.random.key(0), spec, unrolled=True))
+  assert setup["agent"].engine_dim and len(seen) == spec.turns
+  for t in range(spec.turns):
+    want = out["orig_query"] if view_query == "original" else out["query"][t]
+    np.testing.assert_allclose(seen[t], want, rtol=1e-6, atol=1e-6)
+  assert not np.allclose(out["query"][1], out["orig_query"], atol=1e-4)   # it was refined

@@ -15,6 +15,9 @@ from vsr_jax.config_lib import ConfigError
 from vsr_jax.data import synthetic
 from vsr_jax.engine import index as index_lib
 
+# rollout.view_query's values (the episode reads it: vsr_jax/rollout.py).
+VIEW_QUERIES = ("turn", "original")
+
 
 def rows(**defs) -> ml_collections.ConfigDict:
   """eval.rows: method-row name -> dict(kind=..., stage=..., turns=..., refine=...)."""
@@ -286,6 +289,11 @@ def base_config() -> ml_collections.ConfigDict:
   # unrejected one instead); ranks then count among the unrejected videos (`engine_rank` in
   # the predictions: the index's own). The reference retrieves the refined query's top-1.
   c.rollout.mask_rejected = False
+  # The query vector of the engine's view the agent reads (its query-frame similarities, the
+  # span prior): 'turn' (the one the turn searched with: the refined query after a refinement;
+  # the reference's agent sees the turn's retrieval) | 'original' (the user's query in every
+  # turn: what SFT shows the verifier and the grounding head).
+  c.rollout.view_query = "turn"
 
   # ---- eval: the FIG and TVR protocols.
   c.eval = ml_collections.ConfigDict()
@@ -474,6 +482,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(a.sigma > 0, "agent.sigma", "> 0")
   need(a.latent_eps > 0, "agent.latent_eps", "> 0")
   need(a.sqr_head in ("rollout", "parallel"), "agent.sqr_head", "'rollout' or 'parallel'")
+  need(config.rollout.view_query in VIEW_QUERIES, "rollout.view_query",
+       " or ".join(repr(v) for v in VIEW_QUERIES))
   need(a.refine_hidden >= 0, "agent.refine_hidden", ">= 0")
   need(math.isfinite(a.span_prior) and a.span_prior >= 0, "agent.span_prior",
        "a finite number >= 0")

@@ -465,7 +465,8 @@ def agent_episode(ctx, name, row):
   spec = rollout.EpisodeConfig(turns=row.turns or config.eval.turns,
                                num_latents=config.agent.num_latents, refine=refine,
                                sigma=config.agent.sigma, mode="greedy",
-                               mask_rejected=config.rollout.mask_rejected)
+                               mask_rejected=config.rollout.mask_rejected,
+                               view_query=config.rollout.view_query)
   return agent, spec
 
 

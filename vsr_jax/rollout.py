@@ -148,6 +148,8 @@ class EpisodeConfig:
   # A video the agent rejected (not_matched) is not retrieved again in a later turn of the
   # episode: the best unrejected video instead (config.rollout.mask_rejected).
   mask_rejected: bool = False
+  # The engine view's query vector (config.rollout.view_query): 'turn' | 'original'.
+  view_query: str = "turn"
 
 
 def retrieve(index, q, gt, rejected):
@@ -224,7 +226,8 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
       # different one, and the log-probs must be of the same observations.
       q = f_t["query"]
     frames, nf, frame_seconds, duration = corpus.take(vid)
-    view = engine_view(agent, engine, engine_params, frames, q)
+    view = engine_view(agent, engine, engine_params, frames,
+                       q0 if spec.view_query == "original" else q)
     key = jax.random.fold_in(rng, t)
     out = agent.apply({"params": agent_params}, tokens, frames, nf, num_latents=N,
                       mode=spec.mode, sigma=spec.sigma, rng=jax.random.fold_in(key, 0),

@@ -22,7 +22,8 @@ from vsr_jax.stages.sft import AgentStage, ret_keys, train_retrieval
 def episode_config(config, *, turns: int, mode: str, refine: str) -> EpisodeConfig:
   return EpisodeConfig(turns=turns, num_latents=config.agent.num_latents, refine=refine,
                        sigma=config.agent.sigma, mode=mode,
-                       mask_rejected=config.rollout.mask_rejected)
+                       mask_rejected=config.rollout.mask_rejected,
+                       view_query=config.rollout.view_query)
 
 
 def grpo_queries(first_hit: np.ndarray, cfg, seed: int) -> Callable[[int], np.ndarray]:
