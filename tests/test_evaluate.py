@@ -61,3 +61,26 @@ def test_path_metrics_count_turns_refinements_and_where_episodes_end():
   one = evaluate.path_metrics([evaluate.Turn(rank=np.ones(4), policy_rank=None, retrieved=None,
                                              answer=None, pred_time=None)])
   assert one == {"turns_used": 1.0, "searches": 1.0, "refinements": 0.0, "resolved": [1.0]}
+
+
+def test_row_metrics_report_the_verifier_auc_per_turn_and_for_last_verdicts():
+  """ver_auc: per turn over the queries that took it; overall over each query's last verdict;
+  left out where a class is absent."""
+  split = type("S", (), {"times": np.array([[0.0, 1.0]] * 4), "video_index": np.arange(4)})()
+
+  def turn(rank, margin, active):
+    return evaluate.Turn(rank=np.array(rank), policy_rank=np.array(rank), retrieved=np.zeros(4),
+                         answer=np.array(margin) > 0, pred_time=np.array([[0.0, 1.0]] * 4),
+                         active=np.array(active, bool), refined=np.zeros(4, bool),
+                         margin=np.array(margin, float))
+  # Turn 1: all four; right are queries 0 and 1. Turn 2: queries 2 and 3 only, both wrong.
+  turns = [turn([1, 1, 5, 2], [2.0, -1.0, 0.5, -2.0], [1, 1, 1, 1]),
+           turn([1, 1, 3, 4], [0.0, 0.0, 1.0, -1.0], [0, 0, 1, 1])]
+  row = evaluate.RowResult(name="r", orig_rank=np.array([1, 1, 5, 2]), turns=turns,
+                           vcmr=[np.zeros((0, 4))] * 4, svmr=[np.zeros((0, 4))] * 4,
+                           vr=[np.zeros((0, 4))] * 4)
+  got = evaluate.row_metrics(row, split)
+  assert got["per_turn"][0]["ver_auc"] == pytest.approx(3 / 4)   # 2>0.5, 2>-2, -1<0.5, -1>-2
+  assert "ver_auc" not in got["per_turn"][1]                       # no right top-1 there
+  # Last verdicts: 2.0 (right), -1.0 (right), 1.0 (wrong), -1.0 (wrong).
+  assert got["ver_auc"] == pytest.approx((1 + 1 + 0 + 0.5) / 4)

@@ -483,6 +483,30 @@ def test_randomized_against_naive():
   assert got["vcmr_r1_iou0.3"] > 0
 
 
+# ------------------------------------------------------------------ verify_auc
+
+
+def test_verify_auc_counts_ordered_pairs_and_ties_half():
+  # right: margins 3, 1; wrong: 2, 1, 0 -> pairs (3>2, 3>1, 3>0, 1<2, 1=1, 1>0) = 4.5 / 6.
+  assert M.verify_auc([3, 2, 1, 1, 0], [1, 0, 1, 0, 0]) == pytest.approx(4.5 / 6)
+  assert M.verify_auc([5, 4, 1, 0], [1, 1, 0, 0]) == 1.0
+  assert M.verify_auc([0, 1], [1, 0]) == 0.0
+  assert M.verify_auc([2.0, 2.0, 2.0], [True, False, False]) == 0.5
+  # Monotone in the margins: a threshold-free measure.
+  m, r = np.array([0.3, -1.0, 2.0, 0.1, 0.7]), np.array([1, 0, 1, 0, 0], bool)
+  assert M.verify_auc(m, r) == M.verify_auc(np.exp(3 * m), r)
+  assert M.verify_auc([1.0, 2.0], [1, 1]) is None and M.verify_auc([1.0], [0]) is None
+
+
+def test_verify_auc_bad_input():
+  with pytest.raises(ValueError, match="shape"):
+    M.verify_auc([1.0, 2.0], [1, 0, 1])
+  with pytest.raises(ValueError, match="non-finite"):
+    M.verify_auc([1.0, np.nan], [1, 0])
+  with pytest.raises(ValueError, match="booleans"):
+    M.verify_auc([1.0, 2.0], ["matched", "no"])
+
+
 # ------------------------------------------------------------------ properties (hypothesis)
 
 from hypothesis import given, strategies as st   # noqa: E402  pylint: disable=g-import-not-at-top
@@ -574,3 +598,15 @@ def test_tvr_moment_recall_follows_the_two_of_four_rule(query):
     hits.append(video == 0 and agree >= need)
   for k in (1, 5):
     assert got[f"tvr_vcmr_r{k}_iou0.5"] == float(any(hits[:k]))
+
+
+@given(st.lists(st.tuples(st.integers(-5, 5), st.booleans()), min_size=2, max_size=30))
+def test_verify_auc_equals_the_pair_count(pairs):
+  m = np.array([p[0] for p in pairs], float)
+  r = np.array([p[1] for p in pairs], bool)
+  got = M.verify_auc(m, r)
+  if r.all() or not r.any():
+    assert got is None
+    return
+  diff = m[r][:, None] - m[~r][None, :]
+  assert got == pytest.approx(((diff > 0) + 0.5 * (diff == 0)).mean())

@@ -233,6 +233,13 @@ def test_results_table_on_hand_made_metrics(tmp_path):
   cells = sweep_lib.stats(sweep, sweep_lib.load_results(sweep, str(root)), "vr_r1", turn=2)
   mean, std, n = cells["num_latents=1", "agent_sqr_stage1"]
   assert (round(mean, 6), round(std, 6), n) == (0.15, round(0.05 * 2 ** 0.5, 6), 2)
+  # A metric a turn leaves out (ver_auc where one class is absent) is not counted there.
+  results = sweep_lib.load_results(sweep, str(root))
+  results["num_latents=1_seed0"]["agent_sqr_stage1"]["per_turn"][1]["ver_auc"] = 0.75
+  cells = sweep_lib.stats(sweep, results, "ver_auc", turn=2)
+  assert list(cells) == [("num_latents=1", "agent_sqr_stage1")]
+  mean, _, n = cells["num_latents=1", "agent_sqr_stage1"]
+  assert (mean, n) == (0.75, 1)
   assert (root / "vr_r1.png").stat().st_size > 0 and (root / "per_turn_vr_r1.png").exists()
   assert sweep.plot_right == "mean_rank"
 

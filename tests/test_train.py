@@ -46,6 +46,11 @@ def test_outputs_complete(run):
     if key != "mean_rank":
       assert 0.0 <= row[key] <= 1.0
   assert len(row["per_turn"]) == 1 and row["per_turn"][0]["vr_r1"] == row["vr_r1"]
+  assert "ver_auc" not in row          # no verifier: every top-1 is accepted
+  # An agent row's verifier AUC, defined when its final top-1s are neither all right nor all
+  # wrong.
+  defined = [r for r in saved if r.startswith("agent_") and 0 < saved[r]["vr_r1"] < 1]
+  assert defined and all(0.0 <= saved[r]["ver_auc"] <= 1.0 for r in defined)
   with open(os.path.join(workdir, "predictions", "engine_single_shot.jsonl")) as f:
     preds = [json.loads(line) for line in f]
   assert len(preds) == row["num_queries"]

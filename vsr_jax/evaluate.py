@@ -84,6 +84,21 @@ def row_metrics(row: RowResult, split) -> dict:
   out.update(path)
   # Each turn's share of the queries whose episode ended there.
   out["per_turn"] = [dict(fig(t), resolved=r) for t, r in zip(row.turns, resolved)]
+  if row.turns[0].margin is not None:
+    # The verifier apart from its threshold: AUC of its margins for "the top-1 is right" over
+    # the queries that took the turn, and over each query's last verdict.
+    Q = len(row.orig_rank)
+    active = np.stack([np.ones(Q, bool) if t.active is None else t.active for t in row.turns])
+    margins = np.stack([t.margin for t in row.turns])
+    right = np.stack([t.rank == 1 for t in row.turns])
+    # (Left out where one class is absent: the AUC is undefined there.)
+    aucs = [(entry, metrics_lib.verify_auc(margins[t][active[t]], right[t][active[t]]))
+            for t, entry in enumerate(out["per_turn"])]
+    last, q = active.sum(0) - 1, np.arange(Q)
+    aucs.append((out, metrics_lib.verify_auc(margins[last, q], right[last, q])))
+    for where, auc in aucs:
+      if auc is not None:
+        where["ver_auc"] = auc
   out.update(metrics_lib.tvr_metrics(vcmr=row.vcmr, svmr=row.svmr, vr=row.vr,
                                      gt_video=split.video_index, gt_windows=split.times))
   if row.verify_threshold is not None:

@@ -169,6 +169,31 @@ def fig_metrics(*, final_rank, orig_rank, answer, pred_time, gt_time) -> dict[st
   return out
 
 
+def verify_auc(margin, right) -> float | None:
+  """The verifier's ROC AUC: the probability that a right top-1 gets a higher p(matched)
+  margin than a wrong one (ties count half), over the given queries. It does not depend on
+  the threshold the verdicts use. None when one class is absent."""
+  m = np.asarray(margin, dtype=np.float64)
+  r = _as_bool(right, "right")
+  if m.shape != r.shape:
+    raise ValueError(f"verify_auc: margin has shape {m.shape}, right {r.shape}")
+  if not np.isfinite(m).all():
+    raise ValueError("verify_auc: margin has non-finite values")
+  pos, neg = int(r.sum()), int((~r).sum())
+  if not pos or not neg:
+    return None
+  # Mann-Whitney U from mid-ranks (ties share their average rank).
+  order = np.argsort(m, kind="stable")
+  ranks = np.empty(len(m))
+  sorted_m = m[order]
+  first = np.r_[True, sorted_m[1:] != sorted_m[:-1]]
+  group = np.cumsum(first) - 1
+  starts = np.flatnonzero(first)
+  ends = np.r_[starts[1:], len(m)]
+  ranks[order] = ((starts + ends + 1) / 2.0)[group]
+  return float((ranks[r].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
 # ----------------------------------------------------------------------------- TVR
 
 

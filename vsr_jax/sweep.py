@@ -610,7 +610,7 @@ def stats(sweep: Sweep, results: dict, metric: str, turn: int | None = None) -> 
       if turn is None:
         if metric in metrics:
           values[run.point, row].append(float(metrics[metric]))
-      elif len(metrics.get("per_turn", ())) >= turn:
+      elif len(metrics.get("per_turn", ())) >= turn and metric in metrics["per_turn"][turn - 1]:
         values[run.point, row].append(float(metrics["per_turn"][turn - 1][metric]))
   return {k: summary(v) for k, v in values.items()}
 
