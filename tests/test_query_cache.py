@@ -1,6 +1,7 @@
 """Tests for vsr_jax.engine.query_cache: the frozen MiniLM tower's pooled query encodings,
-cached once per split in the workdir, give exactly the engine's query vectors and mining's
-hard negatives; a cache of another tower is refused, one of other tokens is remade."""
+cached once per split in the workdir, give exactly the engine's query vectors, mining's hard
+negatives and stage 0's steps (and stage 0's captions cut to their longest step as at full
+width); a cache of another tower is refused, one of other tokens is remade."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from vsr_jax import defaults
+from vsr_jax.data import batching
 from vsr_jax.engine import pretrained, query_cache, towers
 from vsr_jax.engine.towers import DualEncoder
 from vsr_jax.stages import engine as engine_stage
@@ -107,69 +109,56 @@ def test_mining_from_the_cache_equals_mining_from_tokens(setup, tmp_path):
   np.testing.assert_array_equal(got, want)
 
 
-def test_stage0_steps_from_the_cache_equal_steps_from_tokens(setup, tmp_path):
-  """Stage 0 over the train split with the frozen tower: its batches carry the captions'
-  cached encodings instead of tokens, and a step from them (the projection only) gives the
-  loss and the weights a step from the tokens gives."""
+def stage0(setup, tmp_path, fine_keep: float, fine=None):
+  """Stage 0's loop over a 6-caption train split (the train source, the frozen tower) and the
+  batch of its first step."""
   import types   # pylint: disable=g-import-not-at-top
-  from vsr_jax.data import batching   # pylint: disable=g-import-not-at-top
-  config, engine, params, tokens = setup
+  config, engine, _, tokens = setup
   config = config.copy_and_resolve_references()
   config.engine.train.source, config.engine.train.batch_size = "train", 4
-  config.engine.train.hard_negatives = 1
+  config.engine.train.hard_negatives, config.engine.train.fine_keep = 1, fine_keep
   rng = np.random.default_rng(0)
   split = types.SimpleNamespace(
       features=rng.standard_normal((5, 16, 8)).astype(np.float32),
-      num_frames=np.full(5, 16, np.int32), tokens=tokens, fine=np.zeros(tokens.shape, bool),
+      num_frames=np.full(5, 16, np.int32), tokens=tokens,
+      fine=np.zeros(tokens.shape, bool) if fine is None else fine,
       video_index=np.array([0, 1, 2, 3, 4, 0], np.int32), num_videos=5, num_queries=6)
   ctx = types.SimpleNamespace(config=config, engine=engine, splits={"train": split},
                               tokenizer=None, cache={}, workdir=str(tmp_path))
   loop = engine_stage.EngineStage().loop(ctx)
-  state = loop.state
-  batch = loop.batch_fn(0, state)
-  assert "pooled" in batch and "tokens" not in batch
-  want = batching.engine_batch(split, 0, seed=config.seed, batch_size=4, fine_keep=1.0,
+  full = batching.engine_batch(split, 0, seed=config.seed, batch_size=4, fine_keep=fine_keep,
                                hard_pool=None, hard_negatives=1)
-  want["video_ids"] = batch["video_ids"]      # the same mined negatives
-  want["features"], want["num_frames"] = batch["features"], batch["num_frames"]
+  return loop, loop.batch_fn(0, loop.state), full["tokens"]
+
+
+def assert_same_step(loop, batch, want):
+  """One step from each batch, from the same state: the same loss and weights."""
   copy = lambda s: jax.tree.map(jnp.array, s)
-  got_state, got = loop.step_fn(copy(state), batch, None)
-  want_state, wanted = loop.step_fn(copy(state), want, None)
+  got_state, got = loop.step_fn(copy(loop.state), batch, None)
+  want_state, wanted = loop.step_fn(copy(loop.state), want, None)
   np.testing.assert_allclose(got["loss"], wanted["loss"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                got_state.params, want_state.params)
+
+
+def test_stage0_steps_from_the_cache_equal_steps_from_tokens(setup, tmp_path):
+  """Stage 0 over the train split with the frozen tower: its batches carry the captions'
+  cached encodings instead of tokens, and a step from them (the projection only) gives the
+  loss and the weights a step from the tokens gives (the same mined negatives)."""
+  loop, batch, tokens = stage0(setup, tmp_path, 1.0)
+  assert "pooled" in batch and "tokens" not in batch
+  want = {k: v for k, v in batch.items() if k != "pooled"}
+  assert_same_step(loop, batch, dict(want, tokens=tokens))
 
 
 def test_stage0_cuts_a_frozen_towers_captions_and_steps_as_at_full_width(setup, tmp_path):
   """With fine tokens dropped (no cache), stage 0's captions for the frozen tower are cut to
   the batch's longest, rounded up to TOKEN_MULTIPLE; the step equals the full-width step."""
-  import types   # pylint: disable=g-import-not-at-top
-  from vsr_jax.data import batching   # pylint: disable=g-import-not-at-top
-  config, engine, params, tokens = setup
-  config = config.copy_and_resolve_references()
-  config.engine.train.source, config.engine.train.batch_size = "train", 4
-  config.engine.train.hard_negatives, config.engine.train.fine_keep = 1, 0.2
+  tokens = setup[3]
   fine = np.zeros(tokens.shape, bool)
   fine[:, 1:] = tokens[:, 1:] != batching.PAD       # all but the first piece may be dropped
-  rng = np.random.default_rng(0)
-  split = types.SimpleNamespace(
-      features=rng.standard_normal((5, 16, 8)).astype(np.float32),
-      num_frames=np.full(5, 16, np.int32), tokens=tokens, fine=fine,
-      video_index=np.array([0, 1, 2, 3, 4, 0], np.int32), num_videos=5, num_queries=6)
-  ctx = types.SimpleNamespace(config=config, engine=engine, splits={"train": split},
-                              tokenizer=None, cache={}, workdir=str(tmp_path))
-  loop = engine_stage.EngineStage().loop(ctx)
-  state = loop.state
-  batch = loop.batch_fn(0, state)
+  loop, batch, full = stage0(setup, tmp_path, 0.2, fine)
   assert "pooled" not in batch
-  assert batch["tokens"].shape[1] == engine_stage.TOKEN_MULTIPLE < tokens.shape[1]
-  want = dict(batch, tokens=batching.engine_batch(
-      split, 0, seed=config.seed, batch_size=4, fine_keep=0.2, hard_pool=None,
-      hard_negatives=1)["tokens"])
-  assert want["tokens"].shape[1] == tokens.shape[1]
-  copy = lambda s: jax.tree.map(jnp.array, s)
-  got_state, got = loop.step_fn(copy(state), batch, None)
-  want_state, wanted = loop.step_fn(copy(state), want, None)
-  np.testing.assert_allclose(got["loss"], wanted["loss"], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               got_state.params, want_state.params)
+  assert batch["tokens"].shape[1] == engine_stage.TOKEN_MULTIPLE < full.shape[1]
+  assert full.shape[1] == tokens.shape[1]
+  assert_same_step(loop, batch, dict(batch, tokens=full))
