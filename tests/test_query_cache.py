@@ -1,7 +1,7 @@
 """Tests for vsr_jax.engine.query_cache: the frozen MiniLM tower's pooled query encodings,
 cached once per split in the workdir, give exactly the engine's query vectors, mining's hard
-negatives and stage 0's steps (and stage 0's captions cut to their longest step as at full
-width); a cache of another tower is refused, one of other tokens is remade."""
+negatives and stage 0's steps (and a stage-0 step on captions cut to the batch's longest is the
+full-width step); a cache of another tower is refused, one of other tokens is remade."""
 
 import json
 import os
