@@ -119,7 +119,7 @@ class EngineStage(base.Stage):
     keep = cfg.fine_keep if (text_only or not cfg.text_only_steps) else 1.0
     full = (lambda p: {"text": p["text"], "video": video_params}) if text_only else (lambda p: p)
     # A frozen tower's captions, when no fine token is dropped, are the cached pooled
-    # encodings: a step then runs the projection only, not the encoder forward and backward.
+    # encodings: a step then runs the projection only, not the encoder's forward.
     frozen = query_cache.frozen_text(engine)
     from_pooled = (cfg.source == "train" and train is not None and frozen
                    and (keep == 1.0 or not train.fine.any()))
