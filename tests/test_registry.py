@@ -165,11 +165,14 @@ def test_toy_refiner_drives_the_episode(toy):
   gt = jnp.arange(3)
   out = {}
   for name in ("sqr", "toy_half_sqr"):
-    spec = rollout.EpisodeConfig(turns=1, num_latents=config.agent.num_latents, refine=name,
+    # Two turns, every verdict not_matched: turn 1 refines (a last turn's query is not).
+    spec = rollout.EpisodeConfig(turns=2, num_latents=config.agent.num_latents, refine=name,
                                  sigma=0.05, mode="greedy")
     run = jax.jit(lambda p, c, t, g: rollout.episode(agent, engine, p, engine_params, c, t, g,
-                                                     jax.random.PRNGKey(0), spec))
+                                                     jax.random.PRNGKey(0), spec,
+                                                     matched_margin=jnp.float32(1e9)))
     out[name] = run(params, corpus, tokens, gt)
   assert toy_pieces.CALLS["refiner"] >= 1
-  assert not np.allclose(out["sqr"]["next_query"], out["toy_half_sqr"]["next_query"])
+  assert out["sqr"]["refines"][0].all()
+  assert not np.allclose(out["sqr"]["next_query"][0], out["toy_half_sqr"]["next_query"][0])
 

@@ -148,9 +148,11 @@ def test_workdir_of_another_config_is_refused(run):
 
 
 def test_interrupted_stage_resumes_exactly(run, tmp_path, monkeypatch):
-  """Killed after the step-15 checkpoint, a rerun resumes and ends with the same engine."""
+  """Killed after the step-15 checkpoint, a rerun resumes and ends with the same engine (the
+  engine stage only: the later stages' resumption is the soak test's)."""
   workdir, _ = run
   partial = str(tmp_path / "partial")
+  only_engine = {"stages": "('engine',)"}
   real = batching.engine_batch
 
   def dying(split, step, **kwargs):
@@ -160,11 +162,11 @@ def test_interrupted_stage_resumes_exactly(run, tmp_path, monkeypatch):
 
   monkeypatch.setattr(batching, "engine_batch", dying)
   with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(smoke(), partial)
+    train.train_and_evaluate(smoke(**only_engine), partial)
   assert not os.path.exists(os.path.join(partial, "metrics.json"))
   assert os.listdir(os.path.join(partial, "checkpoints", "engine")) == ["15"]
   monkeypatch.setattr(batching, "engine_batch", real)
-  train.train_and_evaluate(smoke(), partial)
+  assert list(train.train_and_evaluate(smoke(**only_engine), partial)) == ["engine_single_shot"]
   config = smoke()
   resumed = jax.tree.leaves(stages.load_params(config, partial, "engine"))
   straight = jax.tree.leaves(stages.load_params(config, workdir, "engine"))
@@ -345,8 +347,11 @@ def test_eval_with_a_calibrated_matched_threshold(run):
   world has no val split; its train split serves), written into metrics.json; engine rows have
   none. A split the data lacks, or the eval split itself, is refused naming the field."""
   workdir, _ = run
-  got = train.evaluate_workdir(smoke(**{"eval.calibrate": "train"}), workdir,
+  # Two rows (every agent row calibrates the same way; the engine row does not).
+  rows = {k: smoke().eval.rows[k].to_dict() for k in ("engine_single_shot", "agent_sqr_stage2")}
+  got = train.evaluate_workdir(smoke(**{"eval.calibrate": "train", "eval.rows": rows}), workdir,
                                eval_name="calibrated")
+  assert list(got) == list(rows)
   for name, m in got.items():
     if name.startswith("agent"):
       assert m["verify_threshold"] in calibration.GRID, name

@@ -364,8 +364,11 @@ class Run:
 
     batch = self._batch(tokens)
     gts = np.full(len(batch), gt or 0, np.int32)
+    # The original query's vector as the evaluation has it (evaluate.split_queries: encoded
+    # at its batch shape, outside the episode).
+    q0 = encode.encode_queries(engine, ctx.engine_params, batch, len(batch))
     steps = jax.device_get(run(params, ctx.engine_params, corpus, batch, gts,
-                               jax.random.PRNGKey(0)))
+                               jax.random.PRNGKey(0), orig_query=q0))
     steps = {k: v[:, :1] for k, v in steps.items()
              if k in ("retrieved", "rank", "verdict", "pred_time", "query", "active")}
     p, scores = jax.device_get(self._jit(("observe", row), make_observe)(

@@ -323,9 +323,11 @@ def _svmr_from_scores(split, window_scores_fn, k: int):
 
 
 def engine_single_shot(config, engine, params, split, index, *,
-                       name="engine_single_shot") -> RowResult:
-  """The engine alone: top-k retrieval with the original query, grounding by frame scores."""
-  q = encode.encode_queries(engine, params, split.tokens, config.eval.batch_size)
+                       name="engine_single_shot", queries=None) -> RowResult:
+  """The engine alone: top-k retrieval with the original query, grounding by frame scores.
+  queries [Q, E]: the engine's vectors of the split's queries, when the caller has them."""
+  q = (encode.encode_queries(engine, params, split.tokens, config.eval.batch_size)
+       if queries is None else queries)
   lists = engine_lists(config, engine, params, split, index, q)
   vcmr = lists.vcmr()
   k = lists.ids.shape[1]
@@ -349,12 +351,15 @@ _greedy_episode = jax.jit(rollout.episode, static_argnums=(0, 1), static_argname
 
 
 def greedy_turns(config, name, agent, params, engine, engine_params, split, corpus, spec,
-                 mesh=None, threshold: float | None = None, sharpen: float | None = None):
+                 mesh=None, threshold: float | None = None, sharpen: float | None = None,
+                 queries=None):
   """Greedy episodes of an agent over the whole split: ([Turn] per turn, [Q, E] final queries).
 
   mesh: the episode's batch is split over its 'data' axis (the corpus as `corpus` holds it).
   threshold: p(matched) at which the verdict is `matched` (None: the argmax).
   sharpen: the span prior's weight times this (None: as trained).
+  queries [Q, E]: the engine's vectors of the split's queries (split_queries), read by the
+  episodes instead of encoding them again; None: encoded in each episode.
   """
   batch = config.eval.batch_size
   margin = None if threshold is None else jnp.float32(calibration.margin(threshold))
@@ -370,9 +375,12 @@ def greedy_turns(config, name, agent, params, engine, engine_params, split, corp
   finals = []
   progress = Progress(f"evaluate {name}", Q, "queries", config.log.progress_seconds)
   for start in range(0, Q, batch):
-    (tokens, gt), real = _pad_batch([split.tokens[start:start + batch],
-                                     split.video_index[start:start + batch]], batch)
-    steps = hosts.fetch(run(params, engine_params, corpus, place(tokens), place(gt), rng))
+    rows = [split.tokens[start:start + batch], split.video_index[start:start + batch]]
+    if queries is not None:
+      rows.append(queries[start:start + batch])
+    (tokens, gt, *q0), real = _pad_batch(rows, batch)
+    steps = hosts.fetch(run(params, engine_params, corpus, place(tokens), place(gt), rng,
+                            orig_query=place(q0[0]) if q0 else None))
     for k in keep:
       per_turn[k].append(steps[k][:, :real])
     finals.append(steps["final_query"][:real])
@@ -389,10 +397,13 @@ def greedy_turns(config, name, agent, params, engine, engine_params, split, corp
 
 
 def agent_row(config, name, agent, params, engine, engine_params, split, corpus, spec,
-              mesh=None, threshold: float | None = None, sharpen: float | None = None):
+              mesh=None, threshold: float | None = None, sharpen: float | None = None,
+              queries=None):
   """Greedy episodes of an agent over the whole split, as a method row (greedy_turns' args)."""
+  if queries is None:
+    queries = encode.encode_queries(engine, engine_params, split.tokens, config.eval.batch_size)
   turns, finals = greedy_turns(config, name, agent, params, engine, engine_params, split,
-                               corpus, spec, mesh, threshold, sharpen)
+                               corpus, spec, mesh, threshold, sharpen, queries)
   # TVR lists: the engine's top-k under the final query; the agent's own answer (its final
   # video with its span) goes first.
   lists = engine_lists(config, engine, engine_params, split, corpus.index, finals)
@@ -404,14 +415,13 @@ def agent_row(config, name, agent, params, engine, engine_params, split, corpus,
     head = np.array([[final.retrieved[i], *final.pred_time[i], top]])
     vcmr.append(np.concatenate([head, rows[~own]])[:len(rows)])
   svmr = _agent_svmr(config, agent, params, engine, engine_params, split, lists.ids.shape[1],
-                     sharpen)
+                     queries, sharpen)
   return RowResult(name=name, orig_rank=turns[0].rank, turns=turns, vcmr=vcmr, svmr=svmr,
                    vr=vcmr, verify_threshold=threshold, span_sharpen=sharpen)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames="k")
-def _top_spans(agent, engine, params, engine_params, tokens, frames, nf, sharpen, *, k: int):
-  q = engine.apply({"params": engine_params}, tokens, method=type(engine).encode_text)
+def _top_spans(agent, engine, params, engine_params, tokens, q, frames, nf, sharpen, *, k: int):
   view = rollout.engine_view(agent, engine, engine_params, frames, q)
   out = agent.apply({"params": params}, tokens, frames, nf, num_latents=0, mode="greedy",
                     sigma=1.0, method=policy.Agent.act, span_sharpen=sharpen, **view)
@@ -419,8 +429,10 @@ def _top_spans(agent, engine, params, engine_params, tokens, frames, nf, sharpen
   return jax.lax.top_k(lp, k)
 
 
-def _agent_svmr(config, agent, params, engine, engine_params, split, k: int, sharpen=None):
-  """The agent's top-k spans inside each query's ground-truth video (its span head)."""
+def _agent_svmr(config, agent, params, engine, engine_params, split, k: int, queries,
+                sharpen=None):
+  """The agent's top-k spans inside each query's ground-truth video (its span head); queries
+  [Q, E]: the engine's vectors of the split's queries."""
   batch = config.eval.batch_size
   sharpen = None if sharpen is None else jnp.float32(sharpen)
 
@@ -429,9 +441,10 @@ def _agent_svmr(config, agent, params, engine, engine_params, split, k: int, sha
   scores, flat = np.zeros((Q, k), np.float32), np.zeros((Q, k), np.int32)
   for start in range(0, Q, batch):
     vid = split.video_index[start:start + batch]
-    (tokens, frames, nf), real = _pad_batch(
-        [split.tokens[start:start + batch], split.features[vid], split.num_frames[vid]], batch)
-    s, f = hosts.fetch(spans(params, engine_params, tokens, frames, nf, sharpen))
+    (tokens, q, frames, nf), real = _pad_batch(
+        [split.tokens[start:start + batch], queries[start:start + batch], split.features[vid],
+         split.num_frames[vid]], batch)
+    s, f = hosts.fetch(spans(params, engine_params, tokens, q, frames, nf, sharpen))
     scores[start:start + real], flat[start:start + real] = s[:real], f[:real]
 
   def windows(i, n, top):
@@ -459,9 +472,21 @@ class RowKind:
   check: object = None
 
 
+def split_queries(ctx, split, stage: str = "engine") -> np.ndarray:
+  """[Q, E] the engine's (stage `stage`'s parameters) vectors of a split's queries, encoded
+  once per evaluation: every row and calibration pass on the split reads them, instead of each
+  episode encoding its original queries again."""
+  key = ("queries", stage, split.name, split.num_queries)
+  if key not in ctx.cache:
+    ctx.cache[key] = encode.encode_queries(
+        ctx.engine, ctx.stage_params(stage), split.tokens, ctx.config.eval.batch_size,
+        name=f"encode {split.name} queries", every_seconds=ctx.config.log.progress_seconds)
+  return ctx.cache[key]
+
+
 def _engine_row(ctx, name, row, split, corpus):
   return engine_single_shot(ctx.config, ctx.engine, ctx.stage_params(row.stage), split,
-                            corpus.index, name=name)
+                            corpus.index, name=name, queries=split_queries(ctx, split, row.stage))
 
 
 def agent_episode(ctx, name, row):
@@ -516,7 +541,7 @@ def calibrated_threshold(ctx, name, row, agent, spec) -> tuple:
   for m in calibration.SHARPEN_GRID if agent.span_prior else (None,):
     turns, _ = greedy_turns(config, f"calibrate {name}", agent, params, ctx.engine,
                             ctx.engine_params, cal, corpus, spec, ctx.mesh, calibration.NEVER,
-                            m)
+                            m, split_queries(ctx, cal))
     scores.update({(t, m or 1.0): calibration_score(turns, cal, t) for t in calibration.GRID})
   hits = int(np.sum(turns[0].rank == 1))     # the first search is the same at every threshold
   threshold, sharpen = calibration.choose(scores, split=split_name, row=name,
@@ -534,7 +559,7 @@ def _agent_row(ctx, name, row, split, corpus):
                         if ctx.config.eval.calibrate else (None, None))
   return agent_row(ctx.config, name, agent, ctx.stage_params(row.stage), ctx.engine,
                    ctx.engine_params, split, corpus, spec, mesh=ctx.mesh, threshold=threshold,
-                   sharpen=sharpen)
+                   sharpen=sharpen, queries=split_queries(ctx, split))
 
 
 registry.ROW_KINDS.register("engine", RowKind(_engine_row, stage="engine"))

@@ -196,7 +196,9 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
   forced (spec.mode == 'forced'): a recorded trajectory {'retrieved' [T, B], 'query' [T, B, E],
   'verdict' [T, B], 'span' [T, B, 2], 'refine' [T, B, N, ...]} to replay without searching (the log-probs of
   another policy, e.g. GRPO's reference policy, on the same observations and actions).
-  Returns a dict of [T, B, ...] arrays (state after each turn) and the action log-probs.
+  Returns a dict of [T, B, ...] arrays (state after each turn) and the action log-probs;
+  'next_query' is the query the next turn searches with (the turn's own where it does not
+  refine: a refined query that nothing searches is not computed).
   unrolled: a Python loop over the same turn function instead of lax.scan (for tests).
   matched_margin (greedy mode; a scalar, traced): the verdict is `matched` when the verify
   logits' matched - not_matched margin is >= it, i.e. p(matched) >= sigmoid(margin) (a
@@ -252,17 +254,25 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
     # Refinement: the next query vector from the original query plus the new tokens.
     soft, refine_lp, refine_action = refiner.episode(agent, engine, agent_params,
                                                      engine_params, out, spec.sigma)  # [B, N]
-    q_next = engine.apply({"params": engine_params}, tokens, soft if N else None,
-                          method=DualEncoder.encode_text)
     active = ~done
     matched = verdict == MATCHED
     refines = active & ~matched & (t < T - 1) & (N > 0)
     if spec.mask_rejected:
       rejected = rejected.at[:, t].set(jnp.where(active & ~matched, vid, -1))
-    if f_t is None:
+
+    def refine_and_search(_):
+      q_next = engine.apply({"params": engine_params}, tokens, soft if N else None,
+                            method=DualEncoder.encode_text)
+      if f_t is not None:
+        return q_next, rank
       _, next_rank, _ = retrieve(corpus.index, jax.lax.stop_gradient(q_next), gt, rejected)
-    else:
-      next_rank = rank
+      return q_next, next_rank
+
+    # Only when some query refines: the last turn, and a batch whose queries all matched,
+    # skip the engine's encoding and the search (under vmap, e.g. GRPO's groups, both run).
+    q_next, next_rank = jax.lax.cond(refines.any(), refine_and_search, lambda _: (q, rank),
+                                     None)
+    q_next = jnp.where(refines[:, None], q_next, q)
     now = {
         "retrieved": vid, "rank": rank, "engine_rank": engine_rank,
         "policy_rank": jnp.where(refines, next_rank, rank),
@@ -279,8 +289,7 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
         verdict_logp=jnp.take_along_axis(verify_lp, verdict[:, None], -1)[:, 0],
         span_logp=jnp.take_along_axis(span_lp, span_flat[:, None], -1)[:, 0],
         refine_logp=refine_lp, refine_action=refine_action, next_query=q_next)
-    q = jnp.where(refines[:, None], q_next, q)
-    return (q, done | (active & ~refines), record, rejected), step
+    return (q_next, done | (active & ~refines), record, rejected), step
 
   init_record = {
       "retrieved": jnp.zeros(B, jnp.int32), "rank": jnp.zeros(B, jnp.int32),

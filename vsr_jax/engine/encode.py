@@ -46,8 +46,10 @@ def encode_videos(engine, params, features, num_frames, batch: int, *, name: str
   return batched(fn, [features, num_frames], batch, name, every_seconds)
 
 
-def encode_queries(engine, params, tokens, batch: int) -> np.ndarray:
-  return batched(lambda t: _query_vectors(engine, params, t), [tokens], batch)
+def encode_queries(engine, params, tokens, batch: int, *, name: str = "",
+                   every_seconds: float = 10.0) -> np.ndarray:
+  return batched(lambda t: _query_vectors(engine, params, t), [tokens], batch, name,
+                 every_seconds)
 
 
 def best_window(scores: jax.Array, num_frames: jax.Array):
