@@ -174,12 +174,12 @@ def loss_setup():
   return config, engine, engine_params, batch
 
 
-def loss_and_grad_fn(config, engine, engine_params, agent):
+def loss_and_grad_fn(config, engine, engine_params, agent, matched_first: int = 0):
   @jax.jit
   def fn(params, batch):
     return jax.value_and_grad(lambda p: sft.sft_loss(
         agent, engine, p, engine_params, batch, config.sft,
-        config.agent.num_latents), has_aux=True)(params)
+        config.agent.num_latents, matched_first=matched_first), has_aux=True)(params)
   return fn
 
 
@@ -307,3 +307,35 @@ def test_sft_loss_reads_the_given_original_query(loss_setup):
   # Control: another vector is read, not ignored.
   (loss3, _), _ = fn(params, dict(batch, orig_query=-np.asarray(q0)))
   assert abs(float(loss3) - float(loss)) > 1e-6
+
+
+@pytest.mark.parametrize("refine", ["sqr", "hqr"])
+def test_sft_loss_skips_the_refined_queries_of_the_matched_rows_it_is_told_of(loss_setup,
+                                                                              refine):
+  """matched_first=2 (the batch's first two rows are matched): the engine encodes the other
+  two rows' refined queries only, and the loss, metrics and gradients are those of encoding
+  all four. Telling it of a not-matched row drops that row's L_ret (control)."""
+  config, engine, engine_params, batch = loss_setup
+  agent = policy.build_agent(config, VOCAB, refine)
+  params = random_params(jax.eval_shape(lambda r: policy.init_agent(agent, config, r),
+                                        jax.random.key(0)), 4)
+  (loss, metrics), grads = loss_and_grad_fn(config, engine, engine_params, agent)(params, batch)
+  rows = []
+  real = towers.DualEncoder.encode_text
+
+  def spy(self, tokens, *args, **kwargs):
+    rows.append(tokens.shape[0])
+    return real(self, tokens, *args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(towers.DualEncoder, "encode_text", spy)
+    fn = loss_and_grad_fn(config, engine, engine_params, agent, matched_first=2)
+    (loss2, metrics2), grads2 = fn(params, batch)
+  assert rows == [4, 2]                    # the original queries, then the refined ones
+  np.testing.assert_allclose(float(loss2), float(loss), rtol=1e-6)
+  for k in metrics:
+    np.testing.assert_allclose(float(metrics2[k]), float(metrics[k]), rtol=1e-5, err_msg=k)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-7)
+  (loss3, _), _ = loss_and_grad_fn(config, engine, engine_params, agent, 3)(params, batch)
+  assert abs(float(loss3) - float(loss)) > 1e-5

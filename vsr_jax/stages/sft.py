@@ -152,10 +152,12 @@ class SftStage(AgentStage):
                  "top-%d, balanced 1:1 in batches", self.name, len(pools[0]), len(pools[1]),
                  cfg.candidate_depth)
 
+    # A batch's first `half` pairs are matched ones (the loss skips their refined queries).
+    half = cfg.batch_size // 2
+
     def batch_fn(step, state):
       del state
       rng = np.random.default_rng([config.seed, 23, step])
-      half = cfg.batch_size // 2
       pairs = np.concatenate([pools[0][rng.integers(len(pools[0]), size=half)],
                               pools[1][rng.integers(len(pools[1]), size=cfg.batch_size - half)]])
       qi, vid = pairs[:, 0], cand[pairs[:, 0], pairs[:, 1]]
@@ -174,7 +176,8 @@ class SftStage(AgentStage):
       del rng
       loss_fn = functools.partial(sft.sft_loss, agent, engine, engine_params=engine_params,
                                   batch=batch, cfg=cfg, num_latents=config.agent.num_latents,
-                                  corpus=corpus, refine=refine)
+                                  corpus=corpus, refine=refine,
+                                  matched_first=half)
       grads, metrics = jax.grad(lambda p: loss_fn(agent_params=p), has_aux=True)(state.params)
       metrics["grad_norm"] = optax.tree.norm(grads)
       return state.apply_gradients(grads=grads), metrics
