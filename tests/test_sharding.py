@@ -109,7 +109,7 @@ config = config_lib.load(smoke, {
     "mesh.data": data, "mesh.corpus": corpus, "stages": "('engine', 'sft', 'grpo')",
     "mesh.init_timeout_s": "120", "mesh.heartbeat_timeout_s": "60",
     "eval.rows": str({r: config_lib.load(smoke).eval.rows[r].to_dict() for r in
-                      ('engine_single_shot', 'agent_sqr_stage1', 'agent_sqr_stage2')}),
+                      ('engine_single_shot', 'agent_sqr_stage2')}),
     "data.dir": out + "/data" + processes})
 workdir = f"{out}/mesh{data}x{corpus}p{processes}"
 if int(processes) > 1:
@@ -176,7 +176,7 @@ def test_a_run_split_over_devices_and_processes_matches_one_device(tmp_path):
   a = read_scalars(f"{out}/mesh1x1p1")
   assert any(k.startswith("grpo/loss") for k in a) and any(k.startswith("sft/") for k in a)
   m1 = read_json(f"{out}/mesh1x1p1/metrics.json")
-  assert set(m1) == {"engine_single_shot", "agent_sqr_stage1", "agent_sqr_stage2"}
+  assert set(m1) == {"engine_single_shot", "agent_sqr_stage2"}
   b = read_scalars(f"{out}/mesh2x4p2")
   assert a.keys() == b.keys()
   for key in a:
