@@ -51,9 +51,8 @@ def timed(loop, state, batches) -> tuple[float, float]:
 def main(argv):
   del argv
   config = FLAGS.config
-  tok = towers.tokenizer_for(config)
-  _, splits = sources.load_data(config, "unused", splits=(config.data.train_split,),
-                                tokenizer=tok)
+  tok, splits = sources.load_data(config, "unused", splits=(config.data.train_split,),
+                                  tokenizer=towers.tokenizer_for(config))
   split = splits[config.data.train_split]
   engine = towers.build_engine(config, len(tok))
   params = towers.init_engine(engine, config, jax.random.key(0))

@@ -263,6 +263,7 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
     def refine_and_search(_):
       q_next = engine.apply({"params": engine_params}, tokens, soft if N else None,
                             method=DualEncoder.encode_text)
+      q_next = q_next.astype(q.dtype)     # both branches of the cond: the carry's dtype
       if f_t is not None:
         return q_next, rank
       _, next_rank, _ = retrieve(corpus.index, jax.lax.stop_gradient(q_next), gt, rejected)

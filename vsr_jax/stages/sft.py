@@ -161,6 +161,7 @@ class SftStage(AgentStage):
       pairs = np.concatenate([pools[0][rng.integers(len(pools[0]), size=half)],
                               pools[1][rng.integers(len(pools[1]), size=cfg.batch_size - half)]])
       qi, vid = pairs[:, 0], cand[pairs[:, 0], pairs[:, 1]]
+      assert (vid[:half] == split.video_index[qi[:half]]).all()   # sft_loss's matched_first
       return {"tokens": split.tokens[qi], "orig_query": retrieval.queries[qi],
               "frames": split.features[vid],
               "num_frames": split.num_frames[vid], "matched": vid == split.video_index[qi],
