@@ -270,9 +270,12 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
       return q_next, next_rank
 
     # Only when some query refines: the last turn, and a batch whose queries all matched,
-    # skip the engine's encoding and the search (under vmap, e.g. GRPO's groups, both run).
-    q_next, next_rank = jax.lax.cond(refines.any(), refine_and_search, lambda _: (q, rank),
-                                     None)
+    # skip the engine's encoding and the search. Under vmap (GRPO's groups) a cond on batched
+    # values runs both branches, so the last turn is also skipped on t, which vmap leaves alone.
+    keep = lambda _: (q, rank)
+    q_next, next_rank = jax.lax.cond(
+        t < T - 1, lambda _: jax.lax.cond(refines.any(), refine_and_search, keep, None), keep,
+        None)
     q_next = jnp.where(refines[:, None], q_next, q)
     now = {
         "retrieved": vid, "rank": rank, "engine_rank": engine_rank,
