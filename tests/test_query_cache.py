@@ -109,7 +109,17 @@ def test_mining_from_the_cache_equals_mining_from_tokens(setup, tmp_path):
   np.testing.assert_array_equal(got, want)
 
 
-def stage0(setup, tmp_path, fine_keep: float, fine=None):
+def test_encoded_by_length_is_encoded_at_full_width(setup):
+  """Rows encoded shortest first in batches cut to their longest give the full-width
+  encodings, each in its row."""
+  _, engine, params, tokens = setup
+  want = engine.apply({"params": params}, tokens, method=DualEncoder.text_pooled)
+  got = query_cache.encode_pooled(engine, params, tokens, "test")
+  assert (tokens != batching.PAD).sum(1).max() <= 16 < tokens.shape[1]   # a real cut
+  np.testing.assert_allclose(got, np.asarray(want), atol=2e-5)
+
+
+def stage0(setup, tmp_path, fine_keep: float, fine=None, variants: int = 0):
   """Stage 0's loop over a 6-caption train split (the train source, the frozen tower) and the
   batch of its first step."""
   import types   # pylint: disable=g-import-not-at-top
@@ -117,6 +127,7 @@ def stage0(setup, tmp_path, fine_keep: float, fine=None):
   config = config.copy_and_resolve_references()
   config.engine.train.source, config.engine.train.batch_size = "train", 4
   config.engine.train.hard_negatives, config.engine.train.fine_keep = 1, fine_keep
+  config.engine.train.caption_variants = variants
   rng = np.random.default_rng(0)
   split = types.SimpleNamespace(
       features=rng.standard_normal((5, 16, 8)).astype(np.float32),
@@ -162,3 +173,61 @@ def test_stage0_cuts_a_frozen_towers_captions_and_steps_as_at_full_width(setup, 
   assert batch["tokens"].shape[1] == engine_stage.TOKEN_MULTIPLE < full.shape[1]
   assert full.shape[1] == tokens.shape[1]
   assert_same_step(loop, batch, dict(batch, tokens=full))
+
+
+def test_stage0_caption_variants_are_drawn_and_encoded_once(setup, tmp_path):
+  """caption_variants=2 with fine tokens dropped: each caption's 2 draws are encoded once
+  (cached in the workdir, read by the next run) and every row of a batch is the encoding of
+  one draw of its caption (both draws used over a few batches)."""
+  config, engine, params, tokens = setup
+  fine = np.zeros(tokens.shape, bool)
+  fine[:, 1:] = tokens[:, 1:] != batching.PAD
+  loop, batch, _ = stage0(setup, tmp_path, 0.2, fine, variants=2)
+  draws = [batching.drop_fine_tokens(tokens, fine, 0.2,
+                                     np.random.default_rng([config.seed, 23, k]))
+           for k in range(2)]
+  assert not np.array_equal(draws[0], draws[1])
+  want = np.stack([engine.apply({"params": params}, d, method=DualEncoder.text_pooled)
+                   for d in draws])                                     # [2, Q, hidden]
+  files = sorted(os.listdir(tmp_path / "cache" / "queries"))
+  # (train.*: the whole captions, which mining reads)
+  assert files == ["train.captions0.json", "train.captions0.npy", "train.captions1.json",
+                   "train.captions1.npy", "train.json", "train.npy"]
+  stamps = [(tmp_path / "cache" / "queries" / f).stat().st_mtime_ns for f in files]
+  rows = [loop.batch_fn(step, loop.state)["pooled"] for step in range(4)]
+  assert "tokens" not in batch and batch["pooled"].shape == (4, want.shape[2])
+  used = set()
+  for got in [batch["pooled"]] + rows:
+    for row in got:
+      dist = np.abs(want - row).max(-1)                                 # [2, Q]
+      k, _ = np.unravel_index(dist.argmin(), dist.shape)
+      assert dist.min() < 2e-5
+      used.add(int(k))
+  assert used == {0, 1}
+  stage0(setup, tmp_path, 0.2, fine, variants=2)                        # a second run reads them
+  assert [(tmp_path / "cache" / "queries" / f).stat().st_mtime_ns for f in files] == stamps
+
+
+def test_evaluation_reads_the_runs_cache_and_never_writes_it(setup, tmp_path, monkeypatch):
+  """evaluate.split_queries on a frozen tower: the run's cache of the whole split when there
+  is one (also for the first queries only, eval.max_queries), else encoded by length; the
+  engine's query vectors either way, and no cache file written by evaluation."""
+  import types   # pylint: disable=g-import-not-at-top
+  from vsr_jax import evaluate   # pylint: disable=g-import-not-at-top
+  config, engine, params, tokens = setup
+  whole = types.SimpleNamespace(name="test", tokens=tokens, num_queries=len(tokens))
+  first = types.SimpleNamespace(name="test", tokens=tokens[:4], num_queries=4)
+  want = np.asarray(engine.apply({"params": params}, tokens, method=DualEncoder.encode_text))
+  ctx = lambda: types.SimpleNamespace(config=config, engine=engine, splits={"test": whole},
+                                      workdir=str(tmp_path), cache={},
+                                      stage_params=lambda stage: params)
+  got = evaluate.split_queries(ctx(), first)                   # no cache: encoded
+  np.testing.assert_allclose(got, want[:4], atol=1e-5)
+  assert not (tmp_path / "cache").exists()
+  query_cache.pooled_queries(engine, params, tokens, str(tmp_path), "test")
+  def refuse(*args, **kwargs):
+    raise AssertionError("encoded although the run's cache holds the split")
+  monkeypatch.setattr(query_cache, "encode_pooled", refuse)
+  for split in (whole, first):
+    got = evaluate.split_queries(ctx(), split)
+    np.testing.assert_allclose(got, want[:split.num_queries], atol=1e-5)

@@ -140,6 +140,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Fraction of fine-grained tokens (in fig_desc but not in cog_desc) kept in the engine's
   # training captions: the knob for how well the engine reads fine-grained queries.
   c.engine.train.fine_keep = 0.2
+  # With a frozen pretrained text tower (its projection trains, the encoder does not): > 0
+  # draws this many fine_keep variants of each train caption once, encodes them once (cached
+  # in the workdir, vsr_jax/engine/query_cache.py) and gives each step a variant's encoding,
+  # instead of a fresh draw through the encoder at every step. 0: a fresh draw every step.
+  c.engine.train.caption_variants = 0
   # > 0: a variant where both towers first learn from every fine-grained token and the last
   # `text_only_steps` retrain the text tower alone on the fine_keep captions (the videos'
   # vectors then hold fine detail the queries cannot reach). 0: one joint phase on the
@@ -448,6 +453,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(e.text.num_slots >= 0, "engine.text.num_slots", ">= 0")
   registry.TEXT_TOWERS.check(e.text.kind, "engine.text.kind")
   need(0.0 <= e.train.fine_keep <= 1.0, "engine.train.fine_keep", "in [0, 1]")
+  need(e.train.caption_variants >= 0, "engine.train.caption_variants",
+       ">= 0 (0: a fresh draw of each caption at every step)")
   need(e.train.temperature > 0, "engine.train.temperature", "> 0")
   need(e.train.batch_size >= 2, "engine.train.batch_size", ">= 2")
   need(e.train.steps >= 1, "engine.train.steps", ">= 1")

@@ -24,7 +24,7 @@ from vsr_jax import metrics as metrics_lib
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
 from vsr_jax.data import store
-from vsr_jax.engine import encode
+from vsr_jax.engine import encode, query_cache
 from vsr_jax.engine import index as index_lib
 from vsr_jax.engine.index import check_top_k
 from vsr_jax.progress import Progress
@@ -478,9 +478,23 @@ def split_queries(ctx, split, stage: str = "engine") -> np.ndarray:
   episode encoding its original queries again."""
   key = ("queries", stage, split.name, split.num_queries)
   if key not in ctx.cache:
-    ctx.cache[key] = encode.encode_queries(
-        ctx.engine, ctx.stage_params(stage), split.tokens, ctx.config.eval.batch_size,
-        name=f"encode {split.name} queries", every_seconds=ctx.config.log.progress_seconds)
+    params, config = ctx.stage_params(stage), ctx.config
+    name = f"encode {split.name} queries"
+    if query_cache.frozen_text(ctx.engine):
+      # A frozen tower's pooled encodings: the run's cache of the whole split when it has one
+      # (training read it), else encoded by length; evaluation never writes the cache.
+      whole = ctx.splits.get(split.name)
+      pooled = None if whole is None else query_cache.cached(
+          ctx.engine, params, whole.tokens, ctx.workdir, split.name)
+      if pooled is None:
+        pooled = query_cache.encode_pooled(ctx.engine, params, split.tokens, name,
+                                           config.log.progress_seconds)
+      ctx.cache[key] = query_cache.project_all(ctx.engine, params, pooled[:split.num_queries],
+                                               config.eval.batch_size)
+    else:
+      ctx.cache[key] = encode.encode_queries(ctx.engine, params, split.tokens,
+                                             config.eval.batch_size, name=name,
+                                             every_seconds=config.log.progress_seconds)
   return ctx.cache[key]
 
 

@@ -28,7 +28,8 @@ def engine_batch(split, step: int, *, seed: int, batch_size: int, fine_keep: flo
   """Captions with their positive videos, then `hard_negatives` mined videos per caption.
 
   pooled: [Q, hidden] a frozen text tower's encodings of the split's captions; the batch then
-  carries the captions' rows of it ('pooled') instead of their tokens.
+  carries the captions' rows of it ('pooled') instead of their tokens. [K, Q, hidden]: K drawn
+  variants of each caption (query_cache.caption_variants); each row takes one at random.
   token_multiple > 0: the tokens are cut to the batch's longest caption, rounded up to this
   multiple (a pretrained encoder's cost is its width, and captions with dropped fine tokens are
   short; a few widths, a few compiles)."""
@@ -46,6 +47,11 @@ def engine_batch(split, step: int, *, seed: int, batch_size: int, fine_keep: flo
       pick = rng.integers(0, hard_pool.shape[1], size=batch_size)
       videos.append(hard_pool[qi, pick])
   vi = np.concatenate(videos).astype(np.int32)
-  text = {"tokens": tokens} if pooled is None else {"pooled": pooled[qi]}
+  if pooled is None:
+    text = {"tokens": tokens}
+  elif pooled.ndim == 3:
+    text = {"pooled": pooled[rng.integers(0, pooled.shape[0], size=batch_size), qi]}
+  else:
+    text = {"pooled": pooled[qi]}
   return {**text, "features": split.features[vi], "num_frames": split.num_frames[vi],
           "video_ids": vi}

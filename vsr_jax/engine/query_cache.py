@@ -25,8 +25,10 @@ import numpy as np
 from absl import logging
 
 from vsr_jax import config_lib, hosts
-from vsr_jax.data import store
+from vsr_jax.data import batching, store
+from vsr_jax.data.tokenizer import PAD
 from vsr_jax.engine import encode, towers
+from vsr_jax.progress import Progress
 
 
 class QueryCacheError(config_lib.InputError):
@@ -43,6 +45,8 @@ VERSION = 1
 # Encodings are made in batches of this size whatever the config's batch sizes: a query's
 # vector is then the same bits in every run and process that computes it.
 BATCH = 256
+# ... and cut to the batch's longest query rounded up to a multiple of this (encode_pooled).
+TOKEN_MULTIPLE = 8
 
 
 def fingerprint(engine, text_params) -> str:
@@ -85,35 +89,75 @@ def query_vectors(engine, params, tokens: np.ndarray, batch: int, pooled=None) -
   return project_all(engine, params, pooled, batch)
 
 
+def _files(workdir: str, split: str) -> tuple[str, str]:
+  path = os.path.join(workdir, "cache", "queries", f"{split}.npy")
+  return path, path[:-4] + ".json"
+
+
+def _digest(tokens: np.ndarray) -> str:
+  return hashlib.sha1(np.ascontiguousarray(tokens).tobytes()
+                      + str(tokens.shape).encode()).hexdigest()[:16]
+
+
+def cached(engine, params, tokens: np.ndarray, workdir: str, split: str):
+  """[Q, hidden] the workdir's cached encodings of exactly these tokens, or None (no file, or
+  one made for other tokens). A file of another tower: QueryCacheError."""
+  path, meta_path = _files(workdir, split)
+  if not (os.path.isfile(path) and os.path.isfile(meta_path)):
+    return None
+  with open(meta_path, encoding="utf-8") as f:
+    meta = json.load(f)
+  fp = fingerprint(engine, params["text"])
+  if meta.get("tower") != fp:
+    raise QueryCacheError(
+        f"{path}: query encodings of another text tower (fingerprint {meta.get('tower')}, "
+        f"this run's {fp}); the workdir belongs to a run on that tower: use another workdir "
+        "(or delete the file if the tower's files were replaced on purpose)")
+  if meta.get("tokens") == _digest(tokens):
+    pooled = np.load(path, allow_pickle=False)
+    if pooled.shape == (len(tokens), meta.get("hidden")):
+      return pooled
+  logging.info("%s: made for other query tokens (the data changed)", path)
+  return None
+
+
+def encode_pooled(engine, params, tokens: np.ndarray, name: str,
+                  every_seconds: float = 10.0) -> np.ndarray:
+  """[Q, hidden] float32 pooled encodings of `tokens`, by length: batches of BATCH rows taken
+  shortest first, each cut to its longest row rounded up to TOKEN_MULTIPLE (the encoder's cost
+  is its width; its output does not depend on padding: a few widths, a few compiles)."""
+  text = jax.device_put(params)
+  lengths = (tokens != PAD).sum(1)
+  order = np.argsort(lengths, kind="stable")
+  progress = Progress(name, len(tokens), "items", every_seconds)
+  out = None
+  for start in range(0, len(tokens), BATCH):
+    rows = order[start:start + BATCH]
+    width = max(TOKEN_MULTIPLE,
+                -(-int(lengths[rows].max()) // TOKEN_MULTIPLE) * TOKEN_MULTIPLE)
+    part = tokens[rows, :width]
+    if len(rows) < BATCH:      # the last batch padded: one compile per width
+      part = np.concatenate([part, np.repeat(part[-1:], BATCH - len(rows), 0)])
+    vectors = hosts.fetch(_pooled(engine, text, part))[:len(rows)]
+    if out is None:
+      out = np.empty((len(tokens), vectors.shape[1]), np.float32)
+    out[rows] = vectors
+    progress.update(start + len(rows))
+  return out
+
+
 def pooled_queries(engine, params, tokens: np.ndarray, workdir: str, split: str, *,
-                   every_seconds: float = 10.0) -> np.ndarray:
+                   every_seconds: float = 10.0, what: str = "queries") -> np.ndarray:
   """[Q, hidden] pooled encodings of `tokens` (a split's queries), from the workdir's cache or
   computed and cached. params: the engine's ({'text': ...} at least)."""
-  fp = fingerprint(engine, params["text"])
-  tokens_digest = hashlib.sha1(np.ascontiguousarray(tokens).tobytes()
-                               + str(tokens.shape).encode()).hexdigest()[:16]
-  folder = os.path.join(workdir, "cache", "queries")
-  path = os.path.join(folder, f"{split}.npy")
-  meta_path = path[:-4] + ".json"
-  if os.path.isfile(path) and os.path.isfile(meta_path):
-    with open(meta_path, encoding="utf-8") as f:
-      meta = json.load(f)
-    if meta.get("tower") != fp:
-      raise QueryCacheError(
-          f"{path}: query encodings of another text tower (fingerprint {meta.get('tower')}, "
-          f"this run's {fp}); the workdir belongs to a run on that tower: use another workdir "
-          "(or delete the file if the tower's files were replaced on purpose)")
-    if meta.get("tokens") == tokens_digest:
-      pooled = np.load(path, allow_pickle=False)
-      if pooled.shape == (len(tokens), meta.get("hidden")):
-        return pooled
-    logging.info("%s: made for other query tokens (the data changed): encoding again", path)
-  text = jax.device_put(params)
-  pooled = encode.batched(lambda t: _pooled(engine, text, t), [tokens], BATCH,
-                          f"encode {split} queries (frozen tower, once)", every_seconds)
-  pooled = pooled.astype(np.float32)
+  pooled = cached(engine, params, tokens, workdir, split)
+  if pooled is not None:
+    return pooled
+  pooled = encode_pooled(engine, params, tokens, f"encode {split} {what} (frozen tower, once)",
+                         every_seconds)
   if hosts.is_primary():
-    os.makedirs(folder, exist_ok=True)
+    path, meta_path = _files(workdir, split)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     # The description goes first and comes back last: a kill in between leaves an array
     # without one, which is encoded again, never one described as something else.
     if os.path.exists(meta_path):
@@ -122,5 +166,21 @@ def pooled_queries(engine, params, tokens: np.ndarray, workdir: str, split: str,
     np.save(tmp, pooled)
     os.replace(tmp, path)
     store.atomic_write_text(meta_path, json.dumps(
-        {"tower": fp, "tokens": tokens_digest, "hidden": int(pooled.shape[1])}))
+        {"tower": fingerprint(engine, params["text"]), "tokens": _digest(tokens),
+         "hidden": int(pooled.shape[1])}))
   return pooled
+
+
+def caption_variants(engine, params, split, keep: float, count: int, seed: int, workdir: str,
+                     split_name: str, *, every_seconds: float = 10.0) -> np.ndarray:
+  """[count, Q, hidden] pooled encodings of `count` draws of the split's captions with each
+  fine-grained token kept with probability `keep` (batching.drop_fine_tokens): stage 0's
+  captions on a frozen tower, drawn and encoded once (each draw cached like the queries; a
+  changed seed, keep or split is other tokens, so encoded again)."""
+  out = []
+  for k in range(count):
+    rng = np.random.default_rng([seed, 23, k])
+    tokens = batching.drop_fine_tokens(split.tokens, split.fine, keep, rng)
+    out.append(pooled_queries(engine, params, tokens, workdir, f"{split_name}.captions{k}",
+                              every_seconds=every_seconds, what=f"captions, variant {k + 1}/{count}"))
+  return np.stack(out)

@@ -4,7 +4,9 @@
 index learns the fine details) and a second loop, 'engine_text', then retrains the text tower
 alone on captions that keep each fine-grained token with probability `fine_keep`: a query
 encoder that reads fine-grained queries only partly, over an index that holds what it misses.
-Without a text-only phase, both towers train on the `fine_keep` captions.
+Without a text-only phase, both towers train on the `fine_keep` captions. On a frozen pretrained
+text tower with `caption_variants` > 0 those captions are drawn that many times per caption and
+encoded once (engine/query_cache.py): a step then trains the projection and the video tower.
 Every `mine_every` steps the engine mines hard negatives with its current weights over a fresh
 pool of the synthetic world's pretraining stream (source='stream': a generic engine that never
 saw the benchmark's videos) or over the train split (source='train').
@@ -36,7 +38,7 @@ def _tx(cfg, params, steps: int):
 
 # A pretrained text tower encodes stage 0's captions cut to a multiple of this many tokens
 # (batching.engine_batch): its forward is most of the step, and is linear in the width.
-TOKEN_MULTIPLE = 8
+TOKEN_MULTIPLE = query_cache.TOKEN_MULTIPLE
 
 
 def joint_steps(cfg) -> int:
@@ -119,10 +121,12 @@ class EngineStage(base.Stage):
     keep = cfg.fine_keep if (text_only or not cfg.text_only_steps) else 1.0
     full = (lambda p: {"text": p["text"], "video": video_params}) if text_only else (lambda p: p)
     # A frozen tower's captions, when no fine token is dropped, are the cached pooled
-    # encodings: a step then runs the projection only, not the encoder's forward.
+    # encodings: a step then runs the projection only, not the encoder's forward. So are
+    # they with caption_variants: drawn variants of the fine_keep captions, encoded once.
     frozen = query_cache.frozen_text(engine)
     from_pooled = (cfg.source == "train" and train is not None and frozen
-                   and (keep == 1.0 or not train.fine.any()))
+                   and (keep == 1.0 or not train.fine.any() or cfg.caption_variants > 0))
+    variants = from_pooled and keep < 1.0 and train.fine.any()
 
     def pooled_train(params):
       """The train split's queries through a frozen text encoder, once per run (cached in the
@@ -141,7 +145,12 @@ class EngineStage(base.Stage):
         lc["pool"] = _pretrain_pool(config, ctx.tokenizer, train,
                                     pool_index + (1000 if text_only else 0))
         lc["pool_index"] = pool_index
-        if from_pooled:      # a new pool or the loop's first step: `state` is given
+        if variants and lc["pooled"] is None:    # the loop's first step: `state` is given
+          lc["pooled"] = query_cache.caption_variants(
+              engine, full(hosts.fetch(state.params)), train, keep, cfg.caption_variants,
+              config.seed + 7 * text_only, ctx.workdir, config.data.train_split,
+              every_seconds=config.log.progress_seconds)
+        elif from_pooled and not variants:   # a new pool or the loop's first step
           lc["pooled"] = pooled_train(full(hosts.fetch(state.params)))
         if step % cfg.mine_every == 0 or lc["hard"] is None:
           # Mining is deterministic given the weights: a resumed run mines again at a pool
