@@ -174,12 +174,13 @@ def loss_setup():
   return config, engine, engine_params, batch
 
 
-def loss_and_grad_fn(config, engine, engine_params, agent, matched_first: int = 0):
+def loss_and_grad_fn(config, engine, engine_params, agent, matched_first: int = 0,
+                     ret_rows: int = 0):
   @jax.jit
   def fn(params, batch):
     return jax.value_and_grad(lambda p: sft.sft_loss(
-        agent, engine, p, engine_params, batch, config.sft,
-        config.agent.num_latents, matched_first=matched_first), has_aux=True)(params)
+        agent, engine, p, engine_params, batch, config.sft, config.agent.num_latents,
+        matched_first=matched_first, ret_rows=ret_rows), has_aux=True)(params)
   return fn
 
 
@@ -337,3 +338,29 @@ def test_sft_loss_skips_the_refined_queries_of_the_matched_rows_it_is_told_of(lo
     np.testing.assert_allclose(float(metrics2[k]), float(metrics[k]), rtol=1e-5, err_msg=k)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads2)):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-7)
+
+
+def test_sft_loss_over_a_subset_of_the_not_matched_rows_is_unbiased(loss_setup):
+  """ret_rows=1 of the two not-matched rows (matched_first=2): the engine encodes one refined
+  query, and the loss over either row, averaged, is the loss over both (L_ret scaled by 2)."""
+  config, engine, engine_params, batch = loss_setup
+  agent = policy.build_agent(config, VOCAB, "sqr")
+  params = random_params(jax.eval_shape(lambda r: policy.init_agent(agent, config, r),
+                                        jax.random.key(0)), 5)
+  (want, _), _ = loss_and_grad_fn(config, engine, engine_params, agent, 2)(params, batch)
+  rows = []
+  real = towers.DualEncoder.encode_text
+
+  def spy(self, tokens, *args, **kwargs):
+    rows.append(tokens.shape[0])
+    return real(self, tokens, *args, **kwargs)
+
+  swapped = {k: np.asarray(v)[[0, 1, 3, 2]] for k, v in batch.items()}
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(towers.DualEncoder, "encode_text", spy)
+    fn = loss_and_grad_fn(config, engine, engine_params, agent, 2, ret_rows=1)
+    (one, m1), _ = fn(params, batch)
+    (other, m2), _ = fn(params, swapped)
+  assert rows == [4, 1]                    # the original queries, then one refined query
+  assert float(m1["ret_loss"]) != pytest.approx(float(m2["ret_loss"]))
+  np.testing.assert_allclose((float(one) + float(other)) / 2, float(want), rtol=1e-5)

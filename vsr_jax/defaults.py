@@ -228,6 +228,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.sft.clip_grad_norm = 1.0
   c.sft.time_weight = 1.0
   c.sft.ret_weight = 0.3
+  # How many of a batch's not-matched rows carry L_ret (0: all of them). Their refined
+  # queries, forward and backward through the frozen engine, are most of a step on a pretrained
+  # text tower; L_ret over a subset is scaled to the same expected gradient. L_verify and
+  # L_time always read every row.
+  c.sft.ret_rows = 0
   c.sft.temperature = 0.1          # InfoNCE of the refined query
   c.sft.hard_negatives = 24
   c.sft.hard_pool_depth = 200      # negatives come from the engine's top-200
@@ -498,6 +503,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
        "0 when agent.engine_inputs is False (the prior is the engine's view of the frames)")
   need(a.heads >= 1 and a.width % a.heads == 0, "agent.width", "a multiple of agent.heads")
   need(config.sft.batch_size >= 2, "sft.batch_size", ">= 2 (half matched, half not)")
+  not_matched = config.sft.batch_size - config.sft.batch_size // 2
+  need(0 <= config.sft.ret_rows <= not_matched, "sft.ret_rows",
+       f"in [0, {not_matched}] (0: every not-matched row of sft.batch_size="
+       f"{config.sft.batch_size})")
   need(config.sft.hard_negatives >= 1, "sft.hard_negatives", ">= 1")
   need(1 <= config.sft.candidate_depth <= config.sft.hard_pool_depth, "sft.candidate_depth",
        "in [1, sft.hard_pool_depth]")

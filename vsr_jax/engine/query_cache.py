@@ -6,6 +6,11 @@ encoder's pooled output for a split's queries never changes: hard-negative minin
 `mine_every` steps of stage 0) reads it from here and applies the current projection, instead of
 running every training query through the encoder again.
 
+With `engine.train.caption_variants` > 0, stage 0's captions are cached too: that many draws
+of each caption's fine_keep variant (<split>.captions<k>.npy), encoded once instead of a fresh
+draw through the encoder at every step. Evaluation reads a split's file when training made one
+(never writes one). Encodings are made by length: batches cut to their longest query.
+
 A cache file <workdir>/cache/queries/<split>.npy is [Q, hidden] float32, beside a .json that
 records the tower's fingerprint (a digest of the frozen weights, the tower's shape fields) and
 the digest of the token ids it encoded. Other tokens (the data changed): encoded again, logged.
@@ -182,5 +187,6 @@ def caption_variants(engine, params, split, keep: float, count: int, seed: int, 
     rng = np.random.default_rng([seed, 23, k])
     tokens = batching.drop_fine_tokens(split.tokens, split.fine, keep, rng)
     out.append(pooled_queries(engine, params, tokens, workdir, f"{split_name}.captions{k}",
-                              every_seconds=every_seconds, what=f"captions, variant {k + 1}/{count}"))
+                              every_seconds=every_seconds,
+                              what=f"captions, variant {k + 1}/{count}"))
   return np.stack(out)

@@ -63,7 +63,8 @@ def retrieval_loss(q, batch, temperature: float, corpus=None, orig=None, ambigui
 
 
 def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, batch, cfg,
-             num_latents: int, corpus=None, refine: str = "", matched_first: int = 0):
+             num_latents: int, corpus=None, refine: str = "", matched_first: int = 0,
+             ret_rows: int = 0):
   """batch: tokens [B, L], frames [B, F, D], num_frames [B], matched [B], span [B, 2] frames,
   ret_keys [B, 1 + K, E] (positive first), ret_ids and ret_valid [B, 1 + K], gt [B] (video ids).
   corpus [V, E]: the train corpus' video vectors, extra negatives of L_ret (or None).
@@ -72,7 +73,9 @@ def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, bat
   matched_first: the caller's promise that the batch's first rows are this many matched
   examples (the sft stage's batches put their matched half first). L_ret counts only
   not-matched rows, so those rows' refined queries, the frozen engine's forward and backward
-  through their soft tokens, are not computed: the same loss, for less of the engine's work."""
+  through their soft tokens, are not computed: the same loss, for less of the engine's work.
+  ret_rows > 0: L_ret over the first `ret_rows` of the rows after them only (the batch's rows
+  are drawn at random), scaled by (B - matched_first) / ret_rows: the same expected gradient."""
   q0 = batch.get("orig_query")
   if q0 is None:
     q0 = engine.apply({"params": engine_params}, batch["tokens"], method=DualEncoder.encode_text)
@@ -95,7 +98,8 @@ def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, bat
   }
   loss = verify_ce.mean() + cfg.time_weight * jnp.mean(time_ce)
   if num_latents:
-    rows = lambda x: x[matched_first:]
+    stop = matched_first + ret_rows if ret_rows else B
+    rows = lambda x: x[matched_first:stop]
     soft = soft_tokens(agent, engine, agent_params, engine_params, jax.tree.map(rows, out),
                        refine)
     sub = {k: rows(batch[k]) for k in ("tokens", "ret_keys", "ret_valid", "ret_ids", "gt")}
@@ -103,7 +107,8 @@ def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, bat
                      method=DualEncoder.encode_text)
     ret, top1 = retrieval_loss(q, sub, cfg.temperature, corpus, rows(q0), cfg.ambiguity)
     refined = 1.0 - rows(matched)
-    loss = loss + cfg.ret_weight * jnp.sum(ret * refined) / B
+    scale = (B - matched_first) / (stop - matched_first)     # 1 with every row after them
+    loss = loss + cfg.ret_weight * scale * jnp.sum(ret * refined) / B
     metrics["ret_loss"] = jnp.sum(ret * refined) / jnp.maximum(refined.sum(), 1.0)
     metrics["ret_r1"] = jnp.sum(top1 * refined) / jnp.maximum(refined.sum(), 1.0)
   metrics["loss"] = loss

@@ -178,7 +178,7 @@ class SftStage(AgentStage):
       loss_fn = functools.partial(sft.sft_loss, agent, engine, engine_params=engine_params,
                                   batch=batch, cfg=cfg, num_latents=config.agent.num_latents,
                                   corpus=corpus, refine=refine,
-                                  matched_first=half)
+                                  matched_first=half, ret_rows=cfg.ret_rows)
       grads, metrics = jax.grad(lambda p: loss_fn(agent_params=p), has_aux=True)(state.params)
       metrics["grad_norm"] = optax.tree.norm(grads)
       return state.apply_gradients(grads=grads), metrics
