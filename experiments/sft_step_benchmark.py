@@ -1,14 +1,15 @@
-"""Stage 1's (SFT) training step, the refined query of every row (before) vs of the not-matched
-rows only (sft_loss(matched_first=): the rows whose L_ret counts), side by side in one run.
+"""Stage 1's (SFT) training step, side by side in one run: the refined query of every row
+(before), of the not-matched rows only (sft_loss(matched_first=): the rows whose L_ret
+counts), and of the config's `sft.ret_rows` of them (when > 0: L_ret over a subset, scaled).
 
   .venv/bin/python experiments/sft_step_benchmark.py --config=configs/real_language_standin.py \
       --config.data.dir=DIR [--steps=8] [--stage=sft|sft_hqr]
 
 Builds the stage's own loop (`Stage.loop(ctx)`: its fresh state, jitted step and batches) on
-the config's train split with a freshly initialised engine (cost, not learning), then the same
-loop again with sft_loss told of no matched rows (every row's refined query encoded, as before).
-Both take the same first state and the same `--steps` batches (compiled first); prints the loss
-of each on the first batch, the step rates and their ratio.
+the config's train split with a freshly initialised engine (cost, not learning), once per way
+(sft_loss given each way's arguments). All take the same first state and the same `--steps`
+batches (compiled first); prints the loss of each on the first batch (equal for the first two;
+the subset's is an estimate of it), the step rates and their ratios to the first.
 """
 
 from __future__ import annotations
@@ -59,25 +60,31 @@ def main(argv):
   stage = registry.STAGES.get(FLAGS.stage, "--stage")
   with tempfile.TemporaryDirectory() as workdir:
     ctx = stages.Context(config, workdir, tok, splits, engine, params={"engine": params})
-    now = stage.loop(ctx)
-    batches = [now.batch_fn(step, None) for step in range(FLAGS.steps + 1)]
-    # A fresh state per run: the step donates its input state.
-    after, loss_after = timed(now, now.initial_state(), batches)
+    batches = None
+    ways = [("every row's refined query", dict(matched_first=0, ret_rows=0)),
+            ("the not-matched rows' only", dict(ret_rows=0))]
+    if config.sft.ret_rows:
+      ways.append((f"sft.ret_rows={config.sft.ret_rows} of them", {}))
     real = sft.sft_loss
-    sft.sft_loss = lambda *a, matched_first=0, **k: real(*a, **k)   # every row, as before
-    try:
-      before_loop = stage.loop(ctx)
-      before, loss_before = timed(before_loop, before_loop.initial_state(), batches)
-    finally:
-      sft.sft_loss = real
+    results = []
+    for name, forced in ways:
+      sft.sft_loss = lambda *a, forced=forced, **k: real(*a, **dict(k, **forced))
+      try:
+        loop = stage.loop(ctx)
+        if batches is None:
+          batches = [loop.batch_fn(step, None) for step in range(FLAGS.steps + 1)]
+        # A fresh state per way: the step donates its input state.
+        results.append((name,) + timed(loop, loop.initial_state(), batches))
+      finally:
+        sft.sft_loss = real
   cfg = config.sft
   print(f"{FLAGS.stage} step: batch {cfg.batch_size} (half matched), {cfg.hard_negatives} hard "
         f"negatives, tokens {batches[0]['tokens'].shape[1]} wide, text tower "
         f"{config.engine.text.kind}; compile excluded")
-  print(f"loss on the first batch: every row {loss_before:.6f}, not-matched rows "
-        f"{loss_after:.6f}")
-  print(f"every row's refined query {1 / before:.2f} step/s, the not-matched rows' only "
-        f"{1 / after:.2f} step/s -> x{before / after:.2f}")
+  base = results[0][1]
+  for name, seconds, loss in results:
+    print(f"{name}: {1 / seconds:.2f} step/s (x{base / seconds:.2f}), loss on the first batch "
+          f"{loss:.6f}")
 
 
 if __name__ == "__main__":
