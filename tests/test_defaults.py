@@ -25,6 +25,8 @@ def test_base_config_validates():
     ({"data.synthetic.family_min": "5"}, "data.synthetic.family_min"),    # > family_max (4)
     ({"engine.train.fine_keep": "1.5"}, "engine.train.fine_keep"),
     ({"engine.train.fine_keep": "-0.1"}, "engine.train.fine_keep"),
+    ({"engine.train.caption_variants": "-1"}, "engine.train.caption_variants"),
+    ({"sft.ret_rows": "9"}, "sft.ret_rows"),
     ({"index.backend": "faiss"}, "index.backend"),
     ({"engine.text.width": "30"}, "engine.text.width"),                  # heads = 4
     ({"data.source": "files"}, "data.dir"),                              # files need a dir
