@@ -149,6 +149,9 @@ def test_smoke_run_end_to_end(built, tmp_path):
       "data.dir": out, "stages": "('engine', 'sft')", "eval.rows": str(rows),
       "engine.train.steps": "8", "engine.train.warmup_steps": "2",
       "engine.train.mine_every": "4", "sft.steps": "4", "sft.warmup_steps": "1",
+      # 2 of the preset's 8 caption variants: each is a pass of the frozen MiniLM (~2.5 s
+      # here, its code compiled unoptimised); the path is the same.
+      "engine.train.caption_variants": "2",
       "data.max_frames": "32", "agent.width": "32", "agent.depth": "1", "agent.mlp_dim": "64",
       "agent.num_latents": "2", "agent.refine_hidden": "64", "eval.tvr_top_k": "5",
       "engine.embed_dim": "64", "engine.video.hidden": "32"})

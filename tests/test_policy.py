@@ -300,6 +300,26 @@ def test_hqr_modes(setup):
   np.testing.assert_allclose(f["logits"], samples[1]["logits"], atol=1e-5)
 
 
+@pytest.mark.parametrize("refine", ["sqr", "hqr"])
+def test_refine_rows_are_the_full_batchs_rows(setup, refine):
+  """act(refine_rows=(1, 3)): the refinement of rows 1-2 only (their cache sliced), equal to
+  those rows of the whole batch's; verify and span keep every row."""
+  _, sqr, hqr, _, params, _, _ = setup
+  agent = sqr if refine == "sqr" else hqr
+  tokens, frames, nf = make_inputs(seed=3)
+  whole = act_fn(agent, "greedy")(params, tokens, frames, nf)
+  part = jax.jit(lambda p: agent.apply(
+      {"params": p}, tokens, frames, nf, num_latents=N, mode="greedy", sigma=SIGMA,
+      refine_rows=(1, 3), method=Agent.act))(params)
+  keys = ("mean", "action") if refine == "sqr" else ("logits", "words")
+  for k in keys:
+    assert part[k].shape == (2,) + whole[k].shape[1:]
+    np.testing.assert_allclose(part[k], whole[k][1:3], atol=1e-5, rtol=1e-5)
+  # Rows differ (a slice of the wrong rows would show).
+  assert np.abs(np.asarray(whole[keys[0]][0] - whole[keys[0]][1])).max() > 1e-4
+  np.testing.assert_allclose(part["verify"], whole["verify"], atol=1e-5, rtol=1e-5)
+
+
 def test_no_latents(setup):
   _, sqr, hqr, _, params, _, _ = setup
   tokens, frames, nf = make_inputs()

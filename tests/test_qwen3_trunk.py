@@ -101,6 +101,12 @@ def test_cached_latent_rollout_equals_full_recompute(lora):
   want = jax.jit(lambda p: agent.apply({"params": p}, method=full))(params)
   np.testing.assert_allclose(out["mean"], want, atol=2e-5)
   assert float(jnp.abs(want).max()) > 0.1
+  # The second row's refinement alone (its [layers, B, ...] cache sliced on the batch axis).
+  one = jax.jit(lambda p: agent.apply(
+      {"params": p}, tokens, frames, nf, num_latents=N, mode="forced", sigma=0.05,
+      forced=forced[1:], engine_frames=ef, query_vec=qv, refine_rows=(1, 2),
+      method=Agent.act))(params)
+  np.testing.assert_allclose(one["mean"], want[1:], atol=2e-5)
 
 
 def test_verdict_reads_the_last_position(lora):

@@ -46,7 +46,8 @@ class Backbone:
 
   build(config, vocab_size) -> a module with `causal`, `width`, `embed_words(tokens)`,
   `__call__(x, mask, positions, past) -> (hidden after the final norm, cache)` and
-  `word_logits(h)`; load(config, trunk_params) -> the trunk's params with pretrained weights in
+  `word_logits(h)` (and, when its cache's batch axis is not the first, `cache_batch_axis`);
+  load(config, trunk_params) -> the trunk's params with pretrained weights in
   place (called once on fresh parameters); check(config): validation that reads files (before
   any data is read). 'scratch' (build None) is the Agent's own blocks.
   """
@@ -288,6 +289,12 @@ class Agent(nn.Module):
     return verify, span
 
   # ------------------------------------------------------------------ latents
+  def _cache_rows(self, cache, start: int, stop: int):
+    """The prefix cache of rows start..stop-1 (a backbone's cache may put its batch axis
+    after a layer axis: its `cache_batch_axis`)."""
+    axis = getattr(self.trunk, "cache_batch_axis", 0) if self.trunk is not None else 0
+    return jax.tree.map(lambda x: jax.lax.slice_in_dim(x, start, stop, axis=axis), cache)
+
   def latent_step(self, x_new, cache, valid, k: int):
     """One appended position: x_new [B, H] attends to the cached prefix and earlier latents."""
     B = x_new.shape[0]
@@ -340,7 +347,8 @@ class Agent(nn.Module):
     return self._words(token)
 
   def act(self, tokens, frames, num_frames, *, num_latents: int, mode: str, sigma: float,
-          rng=None, forced=None, engine_frames=None, query_vec=None, span_sharpen=None):
+          rng=None, forced=None, engine_frames=None, query_vec=None, span_sharpen=None,
+          refine_rows: tuple[int, int] | None = None):
     """One turn's policy outputs for a batch (engine_frames, query_vec: see `prefix`).
 
     mode: greedy (latents = their means, argmax words), sample (Gaussian latents of std
@@ -350,6 +358,9 @@ class Agent(nn.Module):
     SQR: mean [B, N, Dl] and action [B, N, Dl]; HQR: logits [B, N, V] and words [B, N].
     span_sharpen (a scalar, may be traced): the span prior's weight times this (evaluation's
     calibrated sharpness; None: as trained).
+    refine_rows (start, stop), static: the refinement outputs of rows start..stop-1 only
+    (`forced` then holds those rows): SFT's L_ret reads a subset of its rows, and HQR's word
+    rollout over the whole batch was most of its step. verify and span keep every row.
     """
     hidden, cache, valid = self.prefix(tokens, frames, num_frames, engine_frames, query_vec)
     gain = (self.window_gain(engine_frames, query_vec, num_frames) if self.span_prior
@@ -359,6 +370,10 @@ class Agent(nn.Module):
     verify, span = self.heads_out(hidden, num_frames, tokens.shape[1], gain)
     out = {"verify": verify, "span": span}
     h = hidden[:, -1]
+    if refine_rows is not None:
+      start, stop = refine_rows
+      h, tokens, valid = h[start:stop], tokens[start:stop], valid[start:stop]
+      cache = self._cache_rows(cache, start, stop)
     means, actions, logits, words = [], [], [], []
     parallel = self.refine == "sqr" and self.parallel_latents > 0
     if parallel:

@@ -38,6 +38,7 @@ class Qwen3Trunk(nn.Module):
   lora_alpha: float = 16.0
   dtype: str = "float32"
   causal = True
+  cache_batch_axis = 1   # the decoder's cache is (k, v) [layers, B, S, kv_heads, d]
 
   @property
   def width(self) -> int:

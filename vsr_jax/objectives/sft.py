@@ -80,10 +80,13 @@ def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, bat
   if q0 is None:
     q0 = engine.apply({"params": engine_params}, batch["tokens"], method=DualEncoder.encode_text)
   view = rollout.engine_view(agent, engine, engine_params, batch["frames"], q0)
+  B = batch["tokens"].shape[0]
+  stop = matched_first + ret_rows if ret_rows else B
+  # The refinement (HQR's word rollout, SQR's latents) of the rows L_ret reads only.
   out = agent.apply({"params": agent_params}, batch["tokens"], batch["frames"],
                     batch["num_frames"], num_latents=num_latents, mode="greedy", sigma=1.0,
-                    method=Agent.act, **view)
-  B, F = out["span"].shape[:2]
+                    method=Agent.act, refine_rows=(matched_first, stop), **view)
+  F = out["span"].shape[1]
   matched = batch["matched"].astype(jnp.float32)
   label = jnp.where(batch["matched"], MATCHED, NOT_MATCHED)
   verify_ce = -jnp.take_along_axis(jax.nn.log_softmax(out["verify"]), label[:, None], 1)[:, 0]
@@ -98,10 +101,8 @@ def sft_loss(agent: Agent, engine: DualEncoder, agent_params, engine_params, bat
   }
   loss = verify_ce.mean() + cfg.time_weight * jnp.mean(time_ce)
   if num_latents:
-    stop = matched_first + ret_rows if ret_rows else B
     rows = lambda x: x[matched_first:stop]
-    soft = soft_tokens(agent, engine, agent_params, engine_params, jax.tree.map(rows, out),
-                       refine)
+    soft = soft_tokens(agent, engine, agent_params, engine_params, out, refine)
     sub = {k: rows(batch[k]) for k in ("tokens", "ret_keys", "ret_valid", "ret_ids", "gt")}
     q = engine.apply({"params": engine_params}, sub["tokens"], soft,
                      method=DualEncoder.encode_text)
