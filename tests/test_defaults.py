@@ -83,6 +83,7 @@ def test_base_config_validates():
     ({"sft.hard_pool_depth": "100000"}, "sft.hard_pool_depth"),   # > the train corpus
     ({"grpo.advantage": "ppo"}, "grpo.advantage"),
     ({"grpo.not_matched_iou": "2"}, "grpo.not_matched_iou"),
+    ({"grpo.vcmr_iou": "0"}, "grpo.vcmr_iou"),
     ({"engine.train.text_only_steps": "30"}, "engine.train.text_only_steps"),
     ({"agent.latent_eps": "0"}, "agent.latent_eps"),
     ({"agent.sqr_head": "tree"}, "agent.sqr_head"),

@@ -44,9 +44,9 @@ def episode():
   return steps, batch
 
 
-def cfg(not_matched_iou=0.5, **weights):
+def cfg(not_matched_iou=0.5, vcmr_iou=0.5, **weights):
   return ml_collections.ConfigDict({"temperature": TAU, "not_matched_iou": not_matched_iou,
-                                    "rewards": weights})
+                                    "vcmr_iou": vcmr_iou, "rewards": weights})
 
 
 def p_positive(deg):
@@ -97,6 +97,17 @@ def test_grounding_iou_degenerate_spans():
   pt[-1, 0] = [3.0, 8.0]
   steps["pred_time"] = jnp.asarray(pt)
   assert float(rewards.grounding_iou(steps, batch, cfg())[0]) == pytest.approx(1.0)
+
+
+def test_vcmr_counts_what_the_metric_counts():
+  """Final matched on the right video with IoU >= vcmr_iou: query 0 (IoU 0.5); query 1's 1/3
+  counts at 0.3 only; a wrong video (2), a final not_matched (3) and IoU 0 (4) never."""
+  steps, batch = episode()
+  np.testing.assert_array_equal(rewards.vcmr(steps, batch, cfg()), [1, 0, 0, 0, 0])
+  np.testing.assert_array_equal(rewards.vcmr(steps, batch, cfg(vcmr_iou=0.3)), [1, 1, 0, 0, 0])
+  total, parts = rewards.total_reward(steps, batch, cfg(vcmr=2.0, answer=0.0))
+  np.testing.assert_array_equal(total, [2, 0, 0, 0, 0])
+  assert set(parts) == {"vcmr"}
 
 
 def test_retrieval_exp_neg_ret_is_the_positive_probability():

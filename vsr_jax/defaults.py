@@ -271,10 +271,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.grpo.rewards.grounding_iou = 0.45
   c.grpo.rewards.retrieval_exp_neg_ret = 0.8     # the paper's exp(-L_ret)
   c.grpo.rewards.retrieval_delta_p = 0.0         # the reference code's p_after - p_before
+  c.grpo.rewards.vcmr = 0.0        # the VCMR hit itself (final matched, right video, IoU)
   # grounding_iou's credit for a correct not_matched on the final turn. The reference gives
   # 0.5 (it trains one turn, after which refinement follows); with the whole episode trained a
   # final not_matched is an episode that found nothing, and the 0.5 pays the policy to say so.
   c.grpo.not_matched_iou = 0.0
+  c.grpo.vcmr_iou = 0.5            # the vcmr reward's IoU threshold (VCMR 0.5/R@1)
 
   # ---- index: nearest-neighbour search over the corpus' video vectors.
   c.index = ml_collections.ConfigDict()
@@ -527,6 +529,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(g.updates_per_batch >= 1, "grpo.updates_per_batch", ">= 1")
   need(g.beta >= 0, "grpo.beta", ">= 0")
   need(0.0 <= g.not_matched_iou <= 1.0, "grpo.not_matched_iou", "in [0, 1]")
+  need(0.0 < g.vcmr_iou <= 1.0, "grpo.vcmr_iou", "in (0, 1]")
   ev = config.eval
   need(ev.turns >= 1, "eval.turns", ">= 1")
   need(ev.calibrate != config.data.eval_split, "eval.calibrate",

@@ -5,7 +5,8 @@
 Points: `all` (answer + grounding IoU + the paper's retrieval reward exp(-L_ret));
 `no_retrieval` (grpo.rewards.retrieval_exp_neg_ret = 0); `no_answer` (grpo.rewards.answer = 0);
 `delta_p` (the reference code's retrieval reward p_after - p_before in place of exp(-L_ret),
-at the same weight 0.8). The rewards are read by stage 2 only: the points share the engine and
+at the same weight 0.8); `vcmr` (the VCMR hit reward in place of the answer reward, at its
+weight: a rejection earns nothing by itself). The rewards are read by stage 2 only: the points share the engine and
 the stage-1 agent of each seed, and agent_sqr_stage1 is the same checkpoint in every point.
 Default: configs/synthetic.py's full budgets, 3 seeds, without the HQR stage. `:reduced`: the
 same on configs/synthetic.py:reduced (half budgets, half test split, for a 2-core machine).
@@ -23,6 +24,7 @@ POINTS = [
     ("no_answer", {"grpo.rewards.answer": 0.0}),
     ("delta_p", {"grpo.rewards.retrieval_exp_neg_ret": 0.0,
                  "grpo.rewards.retrieval_delta_p": 0.8}),
+    ("vcmr", {"grpo.rewards.answer": 0.0, "grpo.rewards.vcmr": 1.2}),
 ]
 
 

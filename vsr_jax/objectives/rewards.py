@@ -43,6 +43,17 @@ def grounding_iou(steps, batch, cfg):
   return jnp.where(matched & hit, iou, jnp.where(~matched & ~hit, cfg.not_matched_iou, 0.0))
 
 
+@registry.REWARDS.register("vcmr")
+def vcmr(steps, batch, cfg):
+  """What VCMR cfg.vcmr_iou/R@1 counts: 1 when the final verdict is matched on the right video
+  and the span's IoU reaches cfg.vcmr_iou, else 0. Unlike `answer`, a rejection earns nothing
+  by itself: rejecting pays only when a later turn finds and grounds the video."""
+  matched = steps["verdict"][-1] == MATCHED
+  hit = steps["retrieved"][-1] == batch["gt"]
+  iou = _iou(steps["pred_time"][-1], batch["gt_time"])
+  return (matched & hit & (iou >= cfg.vcmr_iou)).astype(jnp.float32)
+
+
 def _p_gt(query, batch, cfg):
   """Softmax probability of the positive among it and its hard negatives (= exp(-L_ret))."""
   keys = batch["ret_keys"]                                   # [B, 1 + K, E], positive first
