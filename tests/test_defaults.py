@@ -84,6 +84,7 @@ def test_base_config_validates():
     ({"grpo.advantage": "ppo"}, "grpo.advantage"),
     ({"grpo.not_matched_iou": "2"}, "grpo.not_matched_iou"),
     ({"grpo.vcmr_iou": "0"}, "grpo.vcmr_iou"),
+    ({"agent.engine_words": "True", "agent.backbone": "qwen3"}, "agent.engine_words"),
     ({"engine.train.text_only_steps": "30"}, "engine.train.text_only_steps"),
     ({"agent.latent_eps": "0"}, "agent.latent_eps"),
     ({"agent.sqr_head": "tree"}, "agent.sqr_head"),

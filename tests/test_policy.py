@@ -496,3 +496,25 @@ def test_span_prior_needs_the_engines_view():
                    jax.random.key(0))
   defaults.validate(config_lib.load(SMOKE, {"agent.engine_inputs": "False",
                                             "agent.span_prior": "0"}))
+
+
+def test_engine_words_start_from_the_engines_word_vectors(setup):
+  """agent.engine_words: the agent's table is the engine text tower's word vectors at their
+  own width, mapped to the trunk's; without the engine, init gives a template of the same
+  shapes (what a restore fills)."""
+  config, _, _, _, _, engine, engine_params = setup
+  cfg = config_lib.load(SMOKE, {"agent.width": "48", "agent.engine_inputs": "False",
+                                "agent.span_prior": "0", "agent.engine_words": "True"})
+  agent = policy.build_agent(cfg, VOCAB, "sqr")
+  assert agent.word_dim == cfg.engine.text.width != cfg.agent.width
+  params = policy.init_agent(agent, cfg, jax.random.key(0), engine_params, engine)
+  want = engine.apply({"params": engine_params}, jnp.arange(VOCAB)[None],
+                      method=DualEncoder.word_vectors)[0]
+  np.testing.assert_array_equal(params["word_embed"]["embedding"], want)
+  assert params["word_proj"]["kernel"].shape == (cfg.engine.text.width, 48)
+  tokens, frames, nf = make_inputs()
+  out = act_fn(agent, "greedy", cfg.agent.num_latents)(params, tokens, frames, nf)
+  assert out["verify"].shape == (B, 2) and bool(jnp.isfinite(out["mean"]).all())
+  template = policy.init_agent(agent, cfg, jax.random.key(0))
+  assert jax.tree.map(jnp.shape, template) == jax.tree.map(jnp.shape, params)
+  assert not np.array_equal(template["word_embed"]["embedding"], want)

@@ -1,4 +1,5 @@
 """Tests for vsr_jax.workdir: config.json checks, checkpoints, publishing outputs."""
+import errno
 import json
 import os
 import shutil
@@ -250,6 +251,26 @@ def test_write_json_is_atomic(tmp_path):
   workdir.write_json(path, {"a": [1, 2]})
   assert workdir.read_json(path) == {"a": [1, 2]}
   assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_write_json_that_fails_names_its_file_and_leaves_nothing(tmp_path, monkeypatch):
+  """A full disk fails the buffered write with an OSError that names no file: write_json
+  names its temporary file (the full-disk line reports it), removes it and leaves the
+  previous file as it was."""
+  path = str(tmp_path / "x.json")
+  workdir.write_json(path, {"old": 1})
+
+  def full(value, f, **kw):
+    f.write("{\"half\": ")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(json, "dump", full)
+  with pytest.raises(OSError) as e:
+    workdir.write_json(path, {"new": 2})
+  assert e.value.filename == f"{path}.tmp-{os.getpid()}"
+  assert workdir.disk_full(e.value) == e.value.filename
+  assert os.listdir(tmp_path) == ["x.json"]
+  assert workdir.read_json(path) == {"old": 1}
 
 
 def test_read_config_fills_fields_added_since_the_run(tmp_path):

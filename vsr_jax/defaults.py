@@ -204,6 +204,11 @@ def base_config() -> ml_collections.ConfigDict:
   # [REFINE]'s state: a direct path from the words (the reference's agent is a pretrained
   # VLM that reads the query at once; ours would first have to learn to attend to it).
   c.agent.refine_words = True
+  # The agent's word embeddings are the engine text tower's input word vectors at their own
+  # width (engine.text.width; a pretrained tower's, e.g. MiniLM's word pieces), fine-tuned,
+  # with a learned map to agent.width: words a few thousand training queries never show keep
+  # their pretrained meaning. The scratch trunk only (a backbone brings its own).
+  c.agent.engine_words = False
   # The trunk: scratch (the blocks above) | a registered pretrained backbone: qwen3 (a Qwen3 /
   # Qwen3-VL decoder from agent.backbone_dir, e.g. Qwen3-VL-2B's; its width replaces
   # agent.width/depth/heads/mlp_dim), trained with LoRA of rank agent.lora_rank (> 0) or fully
@@ -504,6 +509,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(a.span_prior == 0 or a.engine_inputs, "agent.span_prior",
        "0 when agent.engine_inputs is False (the prior is the engine's view of the frames)")
   need(a.heads >= 1 and a.width % a.heads == 0, "agent.width", "a multiple of agent.heads")
+  need(not a.engine_words or a.backbone == "scratch", "agent.engine_words",
+       "False with a pretrained agent.backbone (its own word embeddings)")
   need(config.sft.batch_size >= 2, "sft.batch_size", ">= 2 (half matched, half not)")
   not_matched = config.sft.batch_size - config.sft.batch_size // 2
   need(0 <= config.sft.ret_rows <= not_matched, "sft.ret_rows",

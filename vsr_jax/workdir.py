@@ -53,10 +53,18 @@ class WorkdirError(config_lib.InputError):
 
 
 def write_json(path: str, value) -> None:
-  """Atomic JSON write (temporary file + rename)."""
+  """Atomic JSON write (temporary file + rename). A failed write removes its temporary file
+  and names it in the OSError (a buffered write's error, e.g. a full disk, names no file)."""
   tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=1)
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(value, f, indent=1)
+  except OSError as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    if e.filename is None:
+      e.filename = tmp
+    raise
   os.replace(tmp, path)
 
 

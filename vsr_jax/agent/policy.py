@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from vsr_jax import registry
 from vsr_jax.data.tokenizer import PAD
+from vsr_jax.engine.towers import DualEncoder
 
 MATCHED, NOT_MATCHED = 0, 1
 MAX_LATENTS = 64
@@ -138,6 +139,9 @@ class Agent(nn.Module):
   # (the frames' standardised query similarity summed over the span: its argmax is the
   # engine's own frame_similarity window); needs engine_dim. 0: the heads alone.
   span_prior: float = 0.0
+  # > 0: word embeddings of this width (the engine text tower's input word vectors,
+  # agent.engine_words), projected to the trunk's width by a learned map. 0: width-wide.
+  word_dim: int = 0
   trunk: nn.Module | None = None   # a registered backbone's trunk; None: own blocks
 
   @property
@@ -147,7 +151,10 @@ class Agent(nn.Module):
   def setup(self):
     init = nn.initializers.normal(0.02)
     if self.trunk is None:
-      self.word_embed = nn.Embed(self.vocab_size, self.width, embedding_init=init)
+      self.word_embed = nn.Embed(self.vocab_size, self.word_dim or self.width,
+                                 embedding_init=init)
+      if self.word_dim:
+        self.word_proj = nn.Dense(self.width)
       self.query_pos = self.param("query_pos", init, (self.max_query_len, self.width))
       self.frame_pos = self.param("frame_pos", init, (self.max_frames, self.width))
       self.latent_pos = self.param("latent_pos", init, (MAX_LATENTS, self.width))
@@ -194,7 +201,8 @@ class Agent(nn.Module):
   def _words(self, tokens):
     if self.trunk is not None:
       return self.trunk.embed_words(tokens)
-    return self.word_embed(tokens)
+    words = self.word_embed(tokens)
+    return self.word_proj(words) if self.word_dim else words
 
   def _run(self, x, mask, positions, past):
     """The trunk over x [B, T, H] (mask [B, T, S] over keys, past keys first) -> hidden after
@@ -452,7 +460,8 @@ def build_agent(config, vocab_size: int, refine: str) -> Agent:
                 parallel_latents=(a.num_latents if a.sqr_head == "parallel" and
                                   refine == "sqr" else 0),
                 refine_hidden=a.refine_hidden, refine_words=a.refine_words,
-                span_prior=a.span_prior)
+                span_prior=a.span_prior,
+                word_dim=config.engine.text.width if a.engine_words else 0)
   return Agent(**dict(fields, **_backbone_fields(config, vocab_size)))
 
 
@@ -465,17 +474,29 @@ def _backbone_fields(config, vocab_size: int) -> dict:
   return {"trunk": trunk, "width": trunk.width}
 
 
-def init_agent(agent: Agent, config, rng, engine_params=None):
+def init_agent(agent: Agent, config, rng, engine_params=None, engine=None):
   """Fresh agent parameters; with `engine_params`, its word embeddings start from the engine's
-  (when the widths agree), as an agent starts from a pretrained model of the engine's family."""
+  (when the widths agree), as an agent starts from a pretrained model of the engine's family.
+  An agent with word_dim (agent.engine_words) takes the engine text tower's input word vectors
+  (`engine`'s word_vectors: a pretrained tower's, e.g. MiniLM's) whole; without `engine` and
+  `engine_params` its table stays random (a template for a restore)."""
   tokens = jnp.zeros((1, config.data.max_query_len), jnp.int32).at[:, 0].set(2)
   frames = jnp.zeros((1, config.data.max_frames, config.data.feature_dim), jnp.float32)
   params = jax.jit(agent.init)(rng, tokens, frames, jnp.ones((1,), jnp.int32))["params"]
   if "trunk" in params:   # a pretrained backbone: its checkpoint's weights
     backbone = registry.AGENT_BACKBONES.get(config.agent.backbone, "agent.backbone")
     return dict(params, trunk=backbone.load(config, params["trunk"]))
-  table = None if engine_params is None else (
-      engine_params.get("text", {}).get("token_embed", {}).get("embedding"))
+  if agent.word_dim:
+    if engine is None or engine_params is None:
+      return params      # a template (a restore overwrites it): the shapes are right
+    table = engine.apply({"params": engine_params}, jnp.arange(agent.vocab_size)[None],
+                         method=DualEncoder.word_vectors)[0]
+    if table.shape != params["word_embed"]["embedding"].shape:
+      raise ValueError(f"agent.engine_words: the engine's word vectors are {table.shape}, the "
+                       f"agent's table {params['word_embed']['embedding'].shape}")
+  else:
+    table = None if engine_params is None else (
+        engine_params.get("text", {}).get("token_embed", {}).get("embedding"))
   if table is not None and table.shape == params["word_embed"]["embedding"].shape:
     params = dict(params)
     # A copy: the agent's train step donates its state, which must not free the engine's table.

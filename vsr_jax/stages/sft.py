@@ -101,8 +101,10 @@ class AgentStage(base.Stage):
 
   def fresh_state(self, ctx, engine_params=None):
     agent = self.agent(ctx)
+    a = ctx.config.agent
     params = policy.init_agent(agent, ctx.config, jax.random.PRNGKey(ctx.config.seed + 1),
-                               engine_params if ctx.config.agent.engine_inputs else None)
+                               engine_params if a.engine_inputs or a.engine_words else None,
+                               ctx.engine)
     # A frozen pretrained trunk (LoRA) gets zero updates and no optimizer state.
     return train_state.TrainState.create(apply_fn=agent.apply, params=params,
                                          tx=towers.freeze(self.optimizer(ctx.config), params))
