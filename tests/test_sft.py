@@ -263,7 +263,7 @@ def test_sft_step_trains_the_agent_and_leaves_the_engine_alone(loss_setup, monke
   # A random (trained-like) agent instead of the stage's initialisation: at the zero init
   # the latents are 0 and refine_in gets no gradient (and the eager init is slow).
   real_init = policy.init_agent
-  monkeypatch.setattr(policy, "init_agent", lambda a, c, r, e=None: random_params(
+  monkeypatch.setattr(policy, "init_agent", lambda a, c, r, e=None, g=None: random_params(
       jax.eval_shape(lambda rr: real_init(a, c, rr), r), 3))
   ctx = stages.Context(config, "unused", tokenizer=range(VOCAB), splits={"train": split},
                        engine=engine, params={"engine": engine_params},
