@@ -45,6 +45,10 @@ def test_load_default_and_presets():
   # The default world: the text tower retrained without fine tokens, 12,000 train videos.
   assert (default.engine.train.text_only_steps, default.engine.train.fine_keep) == (300, 0.0)
   assert default.data.synthetic.train_videos == 12000
+  # Its verifier: longer SFT, the original query's view, thresholds calibrated on val.
+  assert (default.sft.steps, default.rollout.view_query, default.eval.calibrate) == (
+      900, "original", "val")
+  assert smoke.eval.calibrate == ""                        # the smoke world has no val split
   assert smoke.data.synthetic.train_videos == 96           # set by the smoke preset
   assert smoke.engine.text.num_slots == 4
   assert fine.engine.train.fine_keep == 1.0

@@ -335,6 +335,21 @@ def test_matched_margin_zero_is_the_argmax_and_moves_the_verdicts(setup):
   assert at[np.inf]["refines"][0].all() and not at[-np.inf]["refines"][0].any()
 
 
+def test_a_margin_per_turn(setup):
+  """matched_margin [T]: turn t compares with its own (calibration's go-on and final
+  thresholds): +inf then -inf refines every query once and matches all at the last turn."""
+  spec = rollout.EpisodeConfig(turns=2, num_latents=SAMPLE.num_latents, refine=SAMPLE.refine,
+                               sigma=SAMPLE.sigma, mode="greedy")
+  fn = jax.jit(lambda ap, ep, corpus, tokens, gt, rng, m: rollout.episode(
+      setup["agent"], setup["engine"], ap, ep, corpus, tokens, gt, rng, spec,
+      matched_margin=m))
+  got = jax.tree.map(np.asarray, fn(
+      setup["params"], setup["engine_params"], setup["corpus"], setup["tokens"], setup["gt"],
+      jax.random.key(0), jnp.array([np.inf, -np.inf], jnp.float32)))
+  assert (got["verdict"][0] != MATCHED).all() and got["refines"][0].all()
+  assert (got["verdict"][1] == MATCHED).all() and got["active"][1].all()
+
+
 def test_a_given_original_query_is_the_encoded_one(setup):
   """orig_query (training passes the engine's view of the train split, computed once) gives
   the episode that encoding the tokens gives."""

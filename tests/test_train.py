@@ -355,6 +355,7 @@ def test_eval_with_a_calibrated_matched_threshold(run):
   for name, m in got.items():
     if name.startswith("agent"):
       assert m["verify_threshold"] in calibration.GRID, name
+      assert m["go_on_threshold"] in calibration.GRID, name     # two turns: a pair
       assert m["span_sharpen"] in calibration.SHARPEN_GRID, name   # the smoke agent has one
     else:
       assert "verify_threshold" not in m and "span_sharpen" not in m, name
@@ -373,7 +374,7 @@ def test_eval_with_a_calibrated_matched_threshold(run):
   never = run_at(calibration.NEVER)
   stack = lambda turns, field: np.stack([getattr(t, field) for t in turns])
   q = np.arange(split.num_queries)
-  for t in (0.3, 0.7):
+  for t in (0.3, 0.7, (0.7, 0.3)):
     direct = run_at(t)
     last, answer = calibration.final_turns(stack(never, "margin"), stack(never, "refined"), t)
     # Per query: where the episode ended, its verdict, rank and span, as the direct pass.

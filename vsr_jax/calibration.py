@@ -12,6 +12,13 @@ refinements and rejected videos), so at threshold t it ends at the first turn wh
 reaches t's, or where the never-matching episode stopped refining (`final_turns`). The span
 prior's sharpness (SHARPEN_GRID) is chosen with it: one such pass per sharpness (it changes the
 spans only). Pure selection logic here; evaluate.py runs the episode.
+
+A row of more than one turn gets two thresholds, (go-on, final): the verdict of every turn but
+the last decides whether to search again; the last turn's is the agent's answer (measured on
+the default: the SQR rows want a stricter first turn and a laxer last one, not one threshold
+for both). With eval.calibrate_keep_ver the choice keeps the verdicts at least as accurate
+(VER) on the split as the argmax's: VCMR alone is best served by a verifier that accepts
+nearly everything, which is no verifier.
 """
 
 from __future__ import annotations
@@ -44,12 +51,23 @@ def margin(threshold: float) -> float:
   return math.log(threshold / (1.0 - threshold))
 
 
-def final_turns(margins: np.ndarray, refined: np.ndarray, threshold: float):
-  """Where each episode ends at `threshold`, from the never-matching pass: margins [T, Q] (the
-  verify logits' matched - not_matched at each turn) and refined [T, Q] (that pass refined its
-  query after the turn). Returns (final turn [Q], its verdict `matched` [Q])."""
+def turn_margins(threshold, turns: int) -> np.ndarray:
+  """[turns] float32 margins of a threshold: one p(matched) for every turn, or a pair
+  (go-on: every turn but the last, final: the last)."""
+  go_on, final = (threshold, threshold) if np.isscalar(threshold) else threshold
+  out = np.full(turns, margin(go_on), np.float32)
+  out[-1] = margin(final)
+  return out
+
+
+def final_turns(margins: np.ndarray, refined: np.ndarray, threshold):
+  """Where each episode ends at `threshold` (a p(matched), or a (go-on, final) pair), from the
+  never-matching pass: margins [T, Q] (the verify logits' matched - not_matched at each turn)
+  and refined [T, Q] (that pass refined its query after the turn). Returns (final turn [Q],
+  its verdict `matched` [Q])."""
   # The comparison the compiled episode makes: float32 margin >= float32 threshold margin.
-  matched = np.asarray(margins, np.float32) >= np.float32(margin(threshold))
+  margins = np.asarray(margins, np.float32)
+  matched = margins >= turn_margins(threshold, margins.shape[0])[:, None]
   stops = matched | ~np.asarray(refined, bool)
   stops[-1] = True      # the last turn ends every episode
   turn = np.argmax(stops, 0)
@@ -72,15 +90,38 @@ def with_calibration_split(config, splits: tuple) -> tuple:
   return tuple(splits) + ((name,) if name and name not in splits else ())
 
 
-def choose(scores: dict, *, split: str, row: str, first_turn_hits: int) -> tuple:
+def candidates(turns: int) -> list:
+  """The thresholds tried for a row of `turns` turns: GRID, or (go-on, final) pairs of it."""
+  if turns == 1:
+    return list(GRID)
+  return [(g, f) for g in GRID for f in GRID]
+
+
+def argmax(turns: int):
+  """The candidate that is the argmax verdict (p(matched) >= 0.5 in every turn)."""
+  return 0.5 if turns == 1 else (0.5, 0.5)
+
+
+def _off_half(threshold) -> tuple:
+  pair = (threshold, threshold) if np.isscalar(threshold) else threshold
+  return tuple(abs(t - 0.5) for t in pair) + tuple(pair)
+
+
+def choose(scores: dict, *, split: str, row: str, first_turn_hits: int,
+           ver: dict | None = None, min_ver: float | None = None) -> tuple:
   """The (threshold, sharpness) with the best score ({(threshold, sharpness): VCMR 0.5/R@1 on
-  the split}); ties go to the threshold nearest 0.5, then the sharpness nearest 1 (as
-  trained). first_turn_hits: calibration queries whose true video the first search returns —
-  with none, no verdict can be right and nothing is calibrated."""
+  the split}; a threshold is a p(matched) or a (go-on, final) pair); ties go to the threshold
+  nearest 0.5, then the sharpness nearest 1 (as trained). ver {threshold: VER on the split}
+  and min_ver: only thresholds whose VER reaches min_ver compete (the argmax's own VER is
+  always among them). first_turn_hits: calibration queries whose true video the first search
+  returns — with none, no verdict can be right and nothing is calibrated."""
   if first_turn_hits == 0:
     raise CalibrationError(
         f"config.eval.calibrate={split!r}: row {row}'s first search returns the true video for "
         "none of the split's queries, so it has no matched example to calibrate the verifier on")
+  if min_ver is not None:
+    # A small tolerance: the argmax's VER recomputed from the same verdicts is a candidate.
+    scores = {k: s for k, s in scores.items() if ver[k[0]] >= min_ver - 1e-9}
   best = max(scores.values())
   return min((k for k, s in scores.items() if s == best),
-             key=lambda k: (abs(k[0] - 0.5), k[0], abs(math.log(k[1])), k[1]))
+             key=lambda k: _off_half(k[0]) + (abs(math.log(k[1])), k[1]))

@@ -320,8 +320,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.grounding = "frame_similarity"  # baseline grounding: frame_similarity | whole_video
   c.eval.turns = 2                 # T at evaluation (may exceed grpo.turns)
   # A held-out split (e.g. 'val'): each agent row's matched threshold is chosen there, the one
-  # with the best VCMR 0.5/R@1 (vsr_jax/calibration.py); '': the argmax, p(matched) >= 0.5.
+  # with the best VCMR 0.5/R@1 (vsr_jax/calibration.py; a row of T > 1 turns gets one for its
+  # go-on turns and one for its last); '': the argmax, p(matched) >= 0.5.
   c.eval.calibrate = ""
+  # Among thresholds whose verdicts are at least as accurate (VER) there as the argmax's only
+  # (False: VCMR alone, which favours accepting nearly every top-1).
+  c.eval.calibrate_keep_ver = True
   # The episodes' frame store: device (split over mesh.corpus) | host (only the retrieved
   # videos' frames are read: a corpus larger than the devices' memory).
   c.eval.frame_store = "device"
@@ -542,6 +546,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(ev.calibrate != config.data.eval_split, "eval.calibrate",
        f"a held-out split, not data.eval_split ({config.data.eval_split!r}): a threshold "
        "chosen on the queries it is scored on would flatter the row")
+  need(isinstance(ev.calibrate_keep_ver, bool), "eval.calibrate_keep_ver", "True or False")
   need(len(ev.rows) > 0, "eval.rows", "at least one method row")
   for name, row in ev.rows.items():
     need(set(row.keys()) == set(ROW_DEFAULTS), f"eval.rows.{name}",

@@ -57,7 +57,8 @@ class RowResult:
   vcmr: list                  # [Q] arrays [n, 4] (video_idx, start, end, score)
   svmr: list
   vr: list
-  verify_threshold: float | None = None   # calibrated (eval.calibrate); None: the argmax
+  # Calibrated (eval.calibrate): p(matched), or (go-on, final); None: the argmax.
+  verify_threshold: float | tuple | None = None
   span_sharpen: float | None = None       # calibrated span prior sharpness; None: as trained
 
 
@@ -101,8 +102,12 @@ def row_metrics(row: RowResult, split) -> dict:
         where["ver_auc"] = auc
   out.update(metrics_lib.tvr_metrics(vcmr=row.vcmr, svmr=row.svmr, vr=row.vr,
                                      gt_video=split.video_index, gt_windows=split.times))
-  if row.verify_threshold is not None:
-    out["verify_threshold"] = row.verify_threshold
+  if row.verify_threshold is not None:     # the final turn's; go-on: the turns before it
+    go_on, final = ((None, row.verify_threshold) if np.isscalar(row.verify_threshold)
+                    else row.verify_threshold)
+    out["verify_threshold"] = final
+    if go_on is not None:
+      out["go_on_threshold"] = go_on
   if row.span_sharpen is not None:
     out["span_sharpen"] = row.span_sharpen
   return out
@@ -356,13 +361,15 @@ def greedy_turns(config, name, agent, params, engine, engine_params, split, corp
   """Greedy episodes of an agent over the whole split: ([Turn] per turn, [Q, E] final queries).
 
   mesh: the episode's batch is split over its 'data' axis (the corpus as `corpus` holds it).
-  threshold: p(matched) at which the verdict is `matched` (None: the argmax).
+  threshold: p(matched) at which the verdict is `matched`, or a (go-on, final) pair: every
+  turn's but the last, the last's (None: the argmax).
   sharpen: the span prior's weight times this (None: as trained).
   queries [Q, E]: the engine's vectors of the split's queries (split_queries), read by the
   episodes instead of encoding them again; None: encoded in each episode.
   """
   batch = config.eval.batch_size
-  margin = None if threshold is None else jnp.float32(calibration.margin(threshold))
+  margin = (None if threshold is None else
+            jnp.asarray(calibration.turn_margins(threshold, spec.turns)))
   run = functools.partial(_greedy_episode, agent, engine, spec=spec, matched_margin=margin,
                           span_sharpen=None if sharpen is None else jnp.float32(sharpen))
   place = (lambda x: x) if mesh is None else functools.partial(
@@ -524,14 +531,19 @@ def agent_episode(ctx, name, row):
   return agent, spec
 
 
-def calibration_score(turns: list, split, threshold: float) -> float:
-  """VCMR 0.5/R@1 at `threshold` of the episodes whose never-matching pass is `turns`."""
+def calibration_metrics(turns: list, split, threshold) -> dict:
+  """The FIG metrics at `threshold` of the episodes whose never-matching pass is `turns`."""
   stack = lambda field: np.stack([getattr(t, field) for t in turns])
   last, answer = calibration.final_turns(stack("margin"), stack("refined"), threshold)
   q = np.arange(len(last))
   return metrics_lib.fig_metrics(
       final_rank=stack("rank")[last, q], orig_rank=turns[0].rank, answer=answer,
-      pred_time=stack("pred_time")[last, q], gt_time=split.times)[calibration.METRIC]
+      pred_time=stack("pred_time")[last, q], gt_time=split.times)
+
+
+def calibration_score(turns: list, split, threshold) -> float:
+  """VCMR 0.5/R@1 at `threshold` of the episodes whose never-matching pass is `turns`."""
+  return calibration_metrics(turns, split, threshold)[calibration.METRIC]
 
 
 def calibrated_threshold(ctx, name, row, agent, spec) -> tuple:
@@ -551,18 +563,23 @@ def calibrated_threshold(ctx, name, row, agent, spec) -> tuple:
   params = ctx.stage_params(row.stage)
   # One pass that never matches serves every threshold (calibration.final_turns); one per
   # sharpness, which changes the spans only.
-  scores = {}
+  scores, ver = {}, {}
   for m in calibration.SHARPEN_GRID if agent.span_prior else (None,):
     turns, _ = greedy_turns(config, f"calibrate {name}", agent, params, ctx.engine,
                             ctx.engine_params, cal, corpus, spec, ctx.mesh, calibration.NEVER,
                             m, split_queries(ctx, cal))
-    scores.update({(t, m or 1.0): calibration_score(turns, cal, t) for t in calibration.GRID})
+    for t in calibration.candidates(spec.turns):
+      got = calibration_metrics(turns, cal, t)
+      scores[t, m or 1.0] = got[calibration.METRIC]
+      ver[t] = got["ver_acc"]        # the verdicts, so VER, do not depend on the sharpness
   hits = int(np.sum(turns[0].rank == 1))     # the first search is the same at every threshold
+  argmax = calibration.argmax(spec.turns)
+  min_ver = ver[argmax] if config.eval.calibrate_keep_ver else None
   threshold, sharpen = calibration.choose(scores, split=split_name, row=name,
-                                          first_turn_hits=hits)
-  logging.info("%s: matched threshold %g, span prior x%g (VCMR 0.5/R@1 on %s: %s)", name,
-               threshold, sharpen, split_name,
-               ", ".join(f"{t}/x{m:g}: {100 * v:.1f}" for (t, m), v in scores.items()))
+                                          first_turn_hits=hits, ver=ver, min_ver=min_ver)
+  logging.info("%s: matched threshold %s, span prior x%g (VCMR 0.5/R@1 %.1f, VER %.1f on %s; "
+               "argmax VER %.1f)", name, threshold, sharpen, 100 * scores[threshold, sharpen],
+               100 * ver[threshold], split_name, 100 * ver[argmax])
   ctx.cache[key] = threshold, (sharpen if agent.span_prior else None)
   return ctx.cache[key]
 

@@ -200,9 +200,10 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
   'next_query' is the query the next turn searches with (the turn's own where it does not
   refine: a refined query that nothing searches is not computed).
   unrolled: a Python loop over the same turn function instead of lax.scan (for tests).
-  matched_margin (greedy mode; a scalar, traced): the verdict is `matched` when the verify
-  logits' matched - not_matched margin is >= it, i.e. p(matched) >= sigmoid(margin) (a
-  calibrated threshold, vsr_jax/calibration.py); None: the argmax (the same as margin 0).
+  matched_margin (greedy mode; a scalar or [T], traced): the verdict is `matched` when the
+  verify logits' matched - not_matched margin is >= it (that turn's), i.e. p(matched) >=
+  sigmoid(margin) (a calibrated threshold, vsr_jax/calibration.py); None: the argmax (the same
+  as margin 0).
   span_sharpen (greedy mode; a scalar, traced): the span prior's weight times this
   (Agent.act; a calibrated sharpness, vsr_jax/calibration.py); None: as trained.
   orig_query [B, E]: the engine's vectors of `tokens` when the caller has them (training reads
@@ -248,7 +249,9 @@ def episode(agent: Agent, engine: DualEncoder, agent_params, engine_params, corp
     else:
       verdict = jnp.argmax(out["verify"], -1)
       if matched_margin is not None:
-        verdict = jnp.where(margin >= matched_margin, MATCHED, NOT_MATCHED)
+        # One margin for every turn, or one per turn ([T]: calibration's go-on and final).
+        at = matched_margin if jnp.ndim(matched_margin) == 0 else matched_margin[t]
+        verdict = jnp.where(margin >= at, MATCHED, NOT_MATCHED)
       span_flat = jnp.argmax(span_lp, -1)
     span = jnp.stack([span_flat // F, span_flat % F], -1)
     # Refinement: the next query vector from the original query plus the new tokens.

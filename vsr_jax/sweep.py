@@ -69,7 +69,7 @@ KEYS = ("config", "base", "points", "seeds", "swept", "rows", "metrics", "plot",
 DEFAULT_METRICS = ("vr_r1", "vcmr_r1_iou0.5")
 # Shown as they are (means per query, counts); every other metric is a fraction, shown in %.
 RAW_METRICS = ("mean_rank", "num_queries", "turns_used", "searches", "refinements",
-               "verify_threshold", "span_sharpen")
+               "verify_threshold", "go_on_threshold", "span_sharpen")
 PER_TURN_METRIC = "vr_r1"
 
 
