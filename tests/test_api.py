@@ -83,6 +83,42 @@ def test_episode_replays_its_prediction_record(run, workdir, row):
       assert (t.gt_time is not None) == (t.video_id == ep.gt_video)
 
 
+def test_episode_replays_the_calibrated_thresholds_of_its_evaluation(workdir, tmp_path):
+  """A run evaluated with eval.calibrate: the episode takes the row's thresholds (go-on,
+  final) and span sharpness from metrics.json, as evaluation ran it (here written into a
+  copy's metrics.json by hand; evaluate.greedy_turns at the same values is the reference)."""
+  import shutil
+  from vsr_jax import evaluate
+  copy = str(tmp_path / "run")
+  shutil.copytree(workdir, copy)
+  path = os.path.join(copy, "metrics.json")
+  metrics = json.load(open(path))
+  metrics["agent_sqr_stage1"].update(go_on_threshold=0.9, verify_threshold=0.2, span_sharpen=3.0)
+  json.dump(metrics, open(path, "w"))
+  run = api.load(copy)
+  ctx, split = run.ctx, run.split
+  row = run.config.eval.rows["agent_sqr_stage1"]
+  agent, spec = evaluate.agent_episode(ctx, "agent_sqr_stage1", row)
+  corpus = evaluate.corpus_of(ctx, split, directory=None)
+  turns, _ = evaluate.greedy_turns(run.config, "t", agent, ctx.stage_params(row.stage),
+                                   ctx.engine, ctx.engine_params, split, corpus, spec,
+                                   threshold=(0.9, 0.2), sharpen=3.0,
+                                   queries=evaluate.split_queries(ctx, split))
+  ended = np.stack([t.active for t in turns]).sum(0) - 1
+  between = 0          # verdicts the argmax would give the other way (else nothing is tested)
+  for i in range(20):
+    ep = run.episode(int(split.desc_ids[i]), row="agent_sqr_stage1")
+    assert len(ep.turns) == ended[i] + 1, i
+    for t, turn in enumerate(ep.turns):
+      assert turn.verdict == ("matched" if turns[t].answer[i] else "not_matched"), (i, t)
+      # The verdict follows that turn's threshold, not the argmax.
+      assert (turn.p_matched >= (0.9 if t + 1 < spec.turns else 0.2) - 1e-6) == (
+          turn.verdict == "matched"), (i, t)
+      between += (turn.p_matched > 0.5) != (turn.verdict == "matched")
+    np.testing.assert_allclose(ep.final.pred_time, turns[-1].pred_time[i], atol=1e-5)
+  assert between > 0
+
+
 def test_free_text_episode_has_no_ground_truth(run):
   ep = run.episode("the boy paints the red rope", row="agent_sqr_stage1")
   assert ep.desc_id is None and ep.gt_video is None

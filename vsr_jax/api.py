@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vsr_jax import config_lib, evaluate, metrics as metrics_lib, registry, rollout, stages
+from vsr_jax import calibration, config_lib, evaluate, metrics as metrics_lib, registry
+from vsr_jax import rollout, stages
 from vsr_jax import workdir as workdir_lib
 from vsr_jax.agent import policy
 from vsr_jax.data import tokenizer as tokenizer_lib
@@ -347,14 +348,17 @@ class Run:
     engine = ctx.engine
     run = self._jit(("episode", row), lambda: jax.jit(
         functools.partial(rollout.episode, agent, engine, spec=spec)))
+    threshold, sharpen = self._calibrated(row)
 
     def make_observe():
       @jax.jit
-      def observe(params, engine_params, corpus, tokens, vid, q):
-        """Per turn (as a batch): the verifier's P(matched) on the turn's observation and
-        the query's similarity to the retrieved video's frames."""
+      def observe(params, engine_params, corpus, tokens, vid, q, q0):
+        """Per turn (as a batch): the verifier's P(matched) on the turn's observation (the
+        engine's view under rollout.view_query's vector) and the query's similarity to the
+        retrieved video's frames."""
         frames, nf = corpus.features[vid], corpus.num_frames[vid]
-        view = rollout.engine_view(agent, engine, engine_params, frames, q)
+        seen = jnp.broadcast_to(q0, q.shape) if spec.view_query == "original" else q
+        view = rollout.engine_view(agent, engine, engine_params, frames, seen)
         out = agent.apply({"params": params}, tokens, frames, nf, num_latents=0,
                           mode="greedy", sigma=1.0, method=policy.Agent.act, **view)
         p = jax.nn.softmax(out["verify"])[:, policy.MATCHED]
@@ -368,14 +372,31 @@ class Run:
     # at its batch shape, outside the episode).
     q0 = encode.encode_queries(engine, ctx.engine_params, batch, len(batch))
     steps = jax.device_get(run(params, ctx.engine_params, corpus, batch, gts,
-                               jax.random.PRNGKey(0), orig_query=q0))
+                               jax.random.PRNGKey(0), orig_query=q0, matched_margin=threshold,
+                               span_sharpen=sharpen))
     steps = {k: v[:, :1] for k, v in steps.items()
              if k in ("retrieved", "rank", "verdict", "pred_time", "query", "active")}
     p, scores = jax.device_get(self._jit(("observe", row), make_observe)(
         params, ctx.engine_params, corpus, np.repeat(tokens[None], spec.turns, 0),
-        steps["retrieved"][:, 0], steps["query"][:, 0]))
+        steps["retrieved"][:, 0], steps["query"][:, 0], q0[:1]))
     steps["p_matched"], steps["frame_scores"] = p[:, None], scores[:, None]
     return steps
+
+  def _calibrated(self, row) -> tuple:
+    """(matched margins [T] | None, span sharpness | None) the run's evaluation used for the
+    row (metrics.json's calibrated thresholds, eval.calibrate); None, None: the argmax, as
+    trained (also before any evaluation)."""
+    path = os.path.join(self.workdir, "metrics.json")
+    m = self.metrics.get(row, {}) if os.path.isfile(path) else {}
+    if "verify_threshold" not in m:
+      threshold = None
+    else:
+      final = m["verify_threshold"]
+      turns = self.config.eval.rows[row].turns or self.config.eval.turns
+      threshold = jnp.asarray(calibration.turn_margins(
+          (m.get("go_on_threshold", final), final), turns))
+    sharpen = m.get("span_sharpen")
+    return threshold, None if sharpen is None else jnp.float32(sharpen)
 
   def _episode(self, row, kind, text, i, steps) -> Episode:
     """Episode from per-turn arrays [T, 1, ...] (i: the query's row of the eval split)."""
