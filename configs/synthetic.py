@@ -4,12 +4,16 @@
                                           gap on the query side - its video tower learns every
                                           fine detail, its text tower is then retrained on
                                           coarse captions alone (the index holds fine detail
-                                          that the queries cannot reach); 12,000 train videos
+                                          that the queries cannot reach); 12,000 train videos;
+                                          SFT 900 steps, the verifier reading the original
+                                          query's view, its thresholds calibrated on val
   --config=configs/synthetic.py:smoke     seconds, for tests
   --config=configs/synthetic.py:reduced   the default world at half the training budgets
                                           (engine 400 steps of which 150 text-only, sft 225,
                                           grpo 50) and half the test split (1,000 videos): the
                                           ablation sweeps measured on this 2-core machine
+                                          (they were, before the default's verifier settings,
+                                          which it shares, came in)
   --config=configs/synthetic.py:fine_engine   the knob's other end: the text tower's retraining
                                               keeps every fine-grained token (an engine that
                                               reads fine-grained queries)
