@@ -49,6 +49,9 @@ def test_load_default_and_presets():
   assert (default.sft.steps, default.rollout.view_query, default.eval.calibrate) == (
       900, "original", "val")
   assert smoke.eval.calibrate == ""                        # the smoke world has no val split
+  with pytest.raises(config_lib.ConfigError, match=r"eval.calibrate_keep_ver='yes': expected "
+                     r"a bool"):
+    config_lib.load(SYNTHETIC, {"eval.calibrate_keep_ver": "'yes'"})
   assert smoke.data.synthetic.train_videos == 96           # set by the smoke preset
   assert smoke.engine.text.num_slots == 4
   assert fine.engine.train.fine_keep == 1.0

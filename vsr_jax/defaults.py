@@ -546,7 +546,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   need(ev.calibrate != config.data.eval_split, "eval.calibrate",
        f"a held-out split, not data.eval_split ({config.data.eval_split!r}): a threshold "
        "chosen on the queries it is scored on would flatter the row")
-  need(isinstance(ev.calibrate_keep_ver, bool), "eval.calibrate_keep_ver", "True or False")
   need(len(ev.rows) > 0, "eval.rows", "at least one method row")
   for name, row in ev.rows.items():
     need(set(row.keys()) == set(ROW_DEFAULTS), f"eval.rows.{name}",
