@@ -45,9 +45,11 @@ def test_load_default_and_presets():
   # The default world: the text tower retrained without fine tokens, 12,000 train videos.
   assert (default.engine.train.text_only_steps, default.engine.train.fine_keep) == (300, 0.0)
   assert default.data.synthetic.train_videos == 12000
-  # Its verifier: longer SFT, the original query's view, thresholds calibrated on val.
+  # Its verifier: longer SFT, the original query's view, thresholds calibrated on a val split
+  # of 1,000 videos.
   assert (default.sft.steps, default.rollout.view_query, default.eval.calibrate) == (
       900, "original", "val")
+  assert default.data.synthetic.val_videos == 1000
   assert smoke.eval.calibrate == ""                        # the smoke world has no val split
   with pytest.raises(config_lib.ConfigError, match=r"eval.calibrate_keep_ver='yes': expected "
                      r"a bool"):
