@@ -48,7 +48,8 @@ def turn_one(turns, engine_turn, split) -> None:
         f"{100 * grounded(engine_turn)[right].mean():.1f} % of them at IoU >= 0.5, the agent "
         f"{100 * grounded(first)[right].mean():.1f} %")
   for t in calibration.GRID:
-    accept = first.margin >= calibration.margin(t)
+    # The episode's own comparison (one turn: never refined, so it ends there).
+    _, accept = calibration.final_turns(first.margin[None], np.zeros((1, len(right)), bool), t)
     print(f"  {t:>12}  accepts {100 * accept[right].mean():5.1f} % of right top-1s, rejects "
           f"{100 * (~accept[~right]).mean():5.1f} % of wrong ones")
 
@@ -72,7 +73,7 @@ def main(_):
   got = metrics.fig_metrics(final_rank=e.rank, orig_rank=e.rank, answer=e.answer,
                             pred_time=e.pred_time, gt_time=split.times)
   print(f"engine_single_shot on {split.name}: " + line("every top-1", got).strip())
-  turn_one(turns, engine.turns[0], split)
+  turn_one(turns, e, split)
   at = {t: evaluate.calibration_metrics(turns, split, t) for t in calibration.candidates(1)}
   print(f"{FLAGS.row} on {split.name} (view {spec.view_query}), one threshold for every turn:")
   for t, got in at.items():
